@@ -1,0 +1,69 @@
+"""The system tier: the checkout installed, as README.md says, in a booted container.
+
+One container serves the whole session (boot + install take about a second),
+so tests must leave it as they found it: stop their background jobs and
+restore any file they remove.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nspawn import Container, sweep_stale
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+SRC_IN_CONTAINER = "/opt/src"
+# Ordinary users; uids from 2000 because the overlay shares the host's
+# /etc/passwd, where 1000 is taken.
+USERS = {"alice": 2000, "bob": 2001, "carol": 2002}
+
+# The install line of a README code block, e.g. "$ sudo python3 -m holdingpen.install".
+_INSTALL_LINE = re.compile(r"^\s*(?:\$\s+)?sudo\s+(python3 -m holdingpen\.install)\s*(?:#.*)?$")
+
+
+def platform_problem():
+    """Why this machine cannot run the tier, or None."""
+    if os.geteuid() != 0:
+        return "system tests need root: they boot a container with systemd-nspawn"
+    if shutil.which("systemd-nspawn") is None:
+        return "systemd-nspawn not found: apt-get install systemd-container"
+    return None
+
+
+def readme_install_command(readme):
+    """The install command from README.md's code blocks, without its "sudo".
+
+    We run it as root in the container, which has no sudo.
+
+    Raises:
+        LookupError: README.md has no such line in a code block.
+    """
+    in_code = False
+    for line in readme.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif in_code and (match := _INSTALL_LINE.match(line)):
+            return match.group(1)
+    raise LookupError(f"{readme} has no 'sudo python3 -m holdingpen.install' line in a code "
+                      "block; the system tests install exactly the way the README says")
+
+
+@pytest.fixture(scope="session")
+def ct():
+    """A booted container with holdingpen installed and users alice, bob, carol."""
+    problem = platform_problem()
+    if problem:
+        pytest.skip(problem)
+    try:
+        install = readme_install_command(CHECKOUT / "README.md")
+    except (LookupError, FileNotFoundError) as e:
+        pytest.fail(str(e))
+    sweep_stale()
+    with Container(f"pt{os.getpid()}", binds=[f"{CHECKOUT}:{SRC_IN_CONTAINER}"]) as c:
+        c.run(["sh", "-c", f"cd {SRC_IN_CONTAINER} && {install}"])
+        for name, uid in USERS.items():
+            c.run(["useradd", "-m", "-u", str(uid), name])
+        yield c
