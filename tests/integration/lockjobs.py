@@ -36,7 +36,7 @@ def pids(lock, state=None):
 
 
 class Jobs:
-    """Processes a test starts; whatever is still running at the end is killed (by pid)."""
+    """Processes a test starts; whatever of them still runs at the end is killed."""
 
     def __init__(self, env):
         self.env = env
@@ -45,7 +45,9 @@ class Jobs:
     def start(self, argv, **kw):
         kw.setdefault("stdout", subprocess.DEVNULL)
         kw.setdefault("stderr", subprocess.PIPE)
-        p = subprocess.Popen(argv, env=self.env, **kw)
+        # A group of its own, so that stop() also ends what a job started
+        # (flock(1)'s command, for one, inherits its lock).
+        p = subprocess.Popen(argv, env=self.env, start_new_session=True, **kw)
         self.started.append(p)
         return p
 
@@ -69,8 +71,10 @@ class Jobs:
 
     def stop(self):
         for p in self.started:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             p.wait()
             if p.stderr:
                 p.stderr.close()
