@@ -10,8 +10,8 @@ here (it is paid by every wrapped command), so heavy modules load only when
 a job has to wait.
 """
 
+import _signal as signal   # the signal module only wraps it in enums, which cost 5 ms to import
 import os
-import signal
 import sys
 import time
 
@@ -179,21 +179,16 @@ def _become_job(prog, command, parent, old_mask):
         os._exit(EXIT_CANNOT_RUN)
 
 
-_prctl = None
-
-
-def _load_prctl():
-    """prctl(2) from libc; loaded ahead of time while a job waits, so the hand-off is quick."""
-    global _prctl
-    if _prctl is None:
-        import ctypes
-        _prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return _prctl
+def _load_deathsig():
+    """Load what the child needs ahead of time, while a job waits, so the hand-off is quick."""
+    from holdingpen import deathsig
+    return deathsig
 
 
 def _die_with_parent():
-    PR_SET_PDEATHSIG = 1
-    if _load_prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    try:
+        _load_deathsig().set_parent_death_signal(signal.SIGKILL)
+    except OSError:
         os._exit(EXIT_OSERR)
 
 
@@ -206,7 +201,7 @@ class _Say:
 
     def waiting(self, lock):
         self.waited = True
-        _load_prctl()
+        _load_deathsig()
         line = "waiting for the machine"
         rows = _survey(lock.path)
         if rows is not None:
@@ -236,7 +231,7 @@ class _Say:
 
 class _Quiet:
     def waiting(self, lock):
-        _load_prctl()
+        _load_deathsig()
 
     def got(self, lock):
         pass
