@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from holdingpen import cmdline
+from holdingpen import cmdline, job
 from holdingpen.perflock import LockBusy, LockError, PerfLock
 
 # Exit codes (also in README.md). The job's own status passes through.
@@ -23,12 +23,7 @@ EXIT_BUSY = 1            # not obtained with --nonblock/--timeout (or --conflict
 EXIT_USAGE = 64          # EX_USAGE, as flock(1)
 EXIT_LOCK_FILE = 66      # EX_NOINPUT, as flock(1): lock file missing or unusable
 EXIT_OSERR = 71          # EX_OSERR: could not fork
-EXIT_CANNOT_RUN = 126    # CMD found but not executable, as the shell
-EXIT_NOT_FOUND = 127     # CMD not found, as the shell
-SIGNAL_BASE = 128        # 128+N: the job (or we, while waiting) died of signal N
-
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-_SI_KERNEL = 0x80        # si_code of a signal the terminal sent to the foreground group
+# and job.py's: 126 CMD not executable, 127 CMD not found, 128+N died of signal N
 
 OPTIONS = [
     cmdline.Option("-s", "--shared", "shared"),
@@ -64,12 +59,26 @@ CMD died of signal N.
 """
 
 
-def main_perflock(argv=None):
-    return run("perflock", sys.argv[1:] if argv is None else argv, shared=False)
+def main_perflock():
+    _exit(run("perflock", sys.argv[1:], shared=False))
 
 
-def main_pls(argv=None):
-    return run("pls", sys.argv[1:] if argv is None else argv, shared=True)
+def main_pls():
+    _exit(run("pls", sys.argv[1:], shared=True))
+
+
+def _exit(status):
+    """Exit at once, skipping the interpreter's clean-up.
+
+    The lock is already released and nothing is left to tidy, but tearing
+    down the interpreter takes milliseconds of CPU, just when the next job in
+    the queue is starting on the same cores.
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 def run(prog, argv, shared):
@@ -87,13 +96,23 @@ def run(prog, argv, shared):
         sys.stderr.write(f"{prog}: {e}\n{usage}")
         return EXIT_USAGE
 
+    program = job.find_program(command[0], os.environ.get("PATH", os.defpath))
+    if program is None:
+        sys.stderr.write(f"{prog}: {command[0]}: command not found\n")
+        return job.EXIT_NOT_FOUND
     say = _quiet if opts["quiet"] else _Say(prog)
     lock = PerfLock(shared or opts["shared"], nonblock=opts["nonblock"],
                     timeout_s=opts["timeout_s"], message=opts["message"] or "",
                     path=opts["lock"], command=command, on_wait=say.waiting)
     busy_exit = EXIT_BUSY if opts["conflict_exit"] is None else opts["conflict_exit"]
-    previous = {sig: signal.signal(sig, _interrupted) for sig in FORWARDED}
+    previous = {sig: signal.signal(sig, _interrupted) for sig in job.FORWARDED}
+    task = None
     try:
+        try:
+            task = job.Job(prog, program, command)
+        except OSError as e:
+            sys.stderr.write(f"{prog}: cannot start {command[0]}: {e.strerror}\n")
+            return EXIT_OSERR
         try:
             lock.acquire()
         except LockBusy:
@@ -104,12 +123,14 @@ def run(prog, argv, shared):
             return EXIT_LOCK_FILE
         try:
             say.got(lock)
-            return _run_job(prog, command)
+            return task.run()
         finally:
-            lock.release()
+            lock.release()      # only once the job has exited: run() waits for it
     except _Interrupted as e:
-        return SIGNAL_BASE + e.signum
+        return job.SIGNAL_BASE + e.signum
     finally:
+        if task is not None:
+            task.cancel()     # never started (busy, interrupted): the child just exits
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -124,74 +145,6 @@ def _interrupted(signum, frame):
     raise _Interrupted(signum)
 
 
-def _run_job(prog, command):
-    """Run command as our child until it exits; return its exit status.
-
-    Signals are blocked and taken synchronously with sigwaitinfo(), so none is
-    lost between fork and wait, and we can tell a terminal's signal (already
-    sent to the job too, as it is in our process group) from a kill(2) aimed
-    at us, which we pass on.
-    """
-    watched = {*FORWARDED, signal.SIGCHLD}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    try:
-        parent = os.getpid()
-        try:
-            pid = os.fork()
-        except OSError as e:
-            sys.stderr.write(f"{prog}: cannot start {command[0]}: {e.strerror}\n")
-            return EXIT_OSERR
-        if pid == 0:
-            _become_job(prog, command, parent, old_mask)
-        while True:
-            info = signal.sigwaitinfo(watched)
-            if info.si_signo == signal.SIGCHLD:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done == pid:
-                    code = os.waitstatus_to_exitcode(status)
-                    return code if code >= 0 else SIGNAL_BASE - code
-            elif info.si_code != _SI_KERNEL:
-                os.kill(pid, info.si_signo)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
-
-def _become_job(prog, command, parent, old_mask):
-    """In the child: undo what Python and we changed, then exec command."""
-    try:
-        for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
-        # Python ignores SIGPIPE and SIGXFSZ, and ignoring survives exec.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        _die_with_parent()
-        if os.getppid() != parent:   # we were killed before the line above took effect
-            os._exit(SIGNAL_BASE + signal.SIGKILL)
-        os.execvp(command[0], command)
-    except FileNotFoundError:
-        os.write(2, f"{prog}: {command[0]}: command not found\n".encode(errors="replace"))
-        os._exit(EXIT_NOT_FOUND)
-    except OSError as e:
-        os.write(2, f"{prog}: cannot run {command[0]}: {e.strerror}\n".encode(errors="replace"))
-        os._exit(EXIT_CANNOT_RUN)
-    finally:
-        os._exit(EXIT_CANNOT_RUN)
-
-
-def _load_deathsig():
-    """Load what the child needs ahead of time, while a job waits, so the hand-off is quick."""
-    from holdingpen import deathsig
-    return deathsig
-
-
-def _die_with_parent():
-    try:
-        _load_deathsig().set_parent_death_signal(signal.SIGKILL)
-    except OSError:
-        os._exit(EXIT_OSERR)
-
-
 class _Say:
     """What we tell the user on stderr while they wait."""
 
@@ -201,7 +154,6 @@ class _Say:
 
     def waiting(self, lock):
         self.waited = True
-        _load_deathsig()
         line = "waiting for the machine"
         rows = _survey(lock.path)
         if rows is not None:
@@ -231,7 +183,7 @@ class _Say:
 
 class _Quiet:
     def waiting(self, lock):
-        _load_deathsig()
+        pass
 
     def got(self, lock):
         pass

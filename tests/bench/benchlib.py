@@ -21,7 +21,7 @@ class Setup:
 
     def __enter__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="holdingpen-bench."))
-        self.lock = self.dir / "perflock"
+        self.lock = self.dir / "machine.lock"
         self.lock.touch()
         install.write_launchers(self.dir, REPO, PYTHON, install.entry_points(REPO))
         self.env = dict(os.environ, PATH=f"{self.dir}:{os.environ['PATH']}",

@@ -60,12 +60,22 @@ def test_bad_command_lines(argv, message):
 
 
 # Whole commands: (main, argv) -> (exit code, first line of stderr, stdout starts with)
+def perflock(argv):
+    return perflock_cmd.run("perflock", argv, shared=False)
+
+
+def pls(argv):
+    return perflock_cmd.run("pls", argv, shared=True)
+
+
 EXITS = [
-    (perflock_cmd.main_perflock, ["-x", "true"], 64, "perflock: unknown option -x", ""),
-    (perflock_cmd.main_perflock, [], 64, "perflock: no command given", ""),
-    (perflock_cmd.main_pls, ["-w"], 64, "pls: option -w needs a value (SECONDS)", ""),
-    (perflock_cmd.main_perflock, ["--help"], 0, "", "usage: perflock"),
-    (perflock_cmd.main_pls, ["-h"], 0, "", "usage: pls"),
+    (perflock, ["-x", "true"], 64, "perflock: unknown option -x", ""),
+    (perflock, [], 64, "perflock: no command given", ""),
+    (pls, ["-w"], 64, "pls: option -w needs a value (SECONDS)", ""),
+    (perflock, ["--help"], 0, "", "usage: perflock"),
+    (pls, ["-h"], 0, "", "usage: pls"),
+    (perflock, ["no-such-command-anywhere"], 127,
+     "perflock: no-such-command-anywhere: command not found", ""),
     (wholock_cmd.main, ["extra"], 64, "wholock: unexpected argument 'extra'", ""),
     (wholock_cmd.main, ["--jason"], 64, "wholock: unknown option --jason", ""),
     (wholock_cmd.main, ["--help"], 0, "", "usage: wholock"),
