@@ -128,6 +128,9 @@ class PerfLock:
             op = fcntl.LOCK_SH if self.mode == lockqueue.SHARED else fcntl.LOCK_EX
             self._flock(self._lock_fd, op, deadline, self.path)
             os.utime(self._ticket_fd)   # the ticket's mtime says since when we hold it
+        except OSError as e:
+            self._leave()
+            raise LockError(f"cannot use the queue {queue_dir(self.path)}: {e.strerror}") from None
         except BaseException:
             self._leave()
             raise

@@ -124,3 +124,11 @@ def test_queue_not_writable(jobs, lock):
     assert done.stderr == (f"perflock: cannot join the queue in {queue}: permission denied; "
                            "it must be mode 1777 (tmpfiles.d/perflock.conf)\n")
     assert list(queue.iterdir()) == []
+
+
+def test_queue_that_is_not_a_directory(jobs, lock):
+    queue = lock.with_name(lock.name + ".d")
+    queue.touch()
+    done = jobs.run(["perflock", "true"])
+    assert done.returncode == 66
+    assert done.stderr.startswith(f"perflock: the queue {queue} is not a directory; remove it and ")
