@@ -5,7 +5,7 @@
 
 What goes where (every path is listed in MANIFEST, which --uninstall reads):
 
-    /usr/local/lib/holdingpen/holdingpen/    the package, byte-compiled
+    /usr/local/lib/holdingpen/current/       the package, byte-compiled
     /usr/local/bin/perflock, pls, ...        launchers for pyproject's [project.scripts]
     /usr/local/lib/systemd/system/           units/*
     /usr/local/lib/tmpfiles.d/               tmpfiles.d/*.conf
@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -29,6 +30,7 @@ PYTHON = "/usr/bin/python3"
 DEBIAN_PACKAGES = ["python3-psutil"]
 
 LIBDIR = Path("/usr/local/lib/holdingpen")
+CURRENT = LIBDIR / "current"     # -> release.<time>, holding the package
 BINDIR = Path("/usr/local/bin")
 MANIFEST = LIBDIR / "MANIFEST"
 # (source folder in the checkout, file pattern, destination)
@@ -107,22 +109,27 @@ def _ensure_debian_packages(packages):
 
 
 def _copy_package(checkout):
-    """Replace LIBDIR/holdingpen with the checkout's package, byte-compiled.
+    """Put the checkout's package in place as LIBDIR/current, byte-compiled.
 
-    Compiled here because users cannot write __pycache__ under /usr/local/lib:
-    without it every start would compile the modules again.
+    Each install is a new release directory, and the symlink `current` is
+    swapped to it by rename(2), so a command starting during an update finds
+    the old release or the new one, never half of either. Compiled here
+    because users cannot write __pycache__ under /usr/local/lib: without it
+    every start would compile the modules again.
     """
     LIBDIR.mkdir(parents=True, exist_ok=True)
-    new = LIBDIR / ".holdingpen.new"
-    shutil.rmtree(new, ignore_errors=True)
-    shutil.copytree(checkout / "holdingpen", new,
+    release = LIBDIR / f"release.{time.time_ns()}"
+    shutil.copytree(checkout / "holdingpen", release / "holdingpen",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    subprocess.run([PYTHON, "-m", "compileall", "-q", str(new)], check=True,
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(release)], check=True,
                    stdout=subprocess.DEVNULL)
-    old = LIBDIR / "holdingpen"
-    if old.exists():
-        shutil.rmtree(old)
-    new.rename(old)
+    link = LIBDIR / ".current.new"
+    link.unlink(missing_ok=True)
+    link.symlink_to(release.name)
+    link.replace(CURRENT)
+    for old in LIBDIR.glob("release.*"):
+        if old != release:
+            shutil.rmtree(old)
 
 
 def _copy_system_files(checkout):
@@ -153,7 +160,7 @@ def install(checkout):
         raise InstallError(f"{checkout} is not a holdingpen checkout; run this from one")
     _ensure_debian_packages(DEBIAN_PACKAGES)
     _copy_package(checkout)
-    launchers = write_launchers(BINDIR, LIBDIR, PYTHON, entry_points(checkout))
+    launchers = write_launchers(BINDIR, CURRENT, PYTHON, entry_points(checkout))
     system_files = _copy_system_files(checkout)
     _write_atomic(MANIFEST, "".join(f"{p}\n" for p in launchers + system_files).encode(), 0o644)
 
@@ -163,7 +170,9 @@ def install(checkout):
     if not _systemd_running():
         print("systemd is not running here: files installed, no unit started")
         return
-    _run(["systemctl", "daemon-reload"])
+    units = [p.name for p in system_files if p.suffix in (".socket", ".service")]
+    if units:
+        _run(["systemctl", "daemon-reload"])
     sockets = [p.name for p in system_files if p.suffix == ".socket"]
     if sockets:
         _run(["systemctl", "enable", "--now", *sockets])
@@ -180,7 +189,7 @@ def uninstall():
     for path in paths:
         path.unlink(missing_ok=True)
     shutil.rmtree(LIBDIR)
-    if _systemd_running():
+    if units and _systemd_running():
         _run(["systemctl", "daemon-reload"])
     # /run/perflock and /run/perflock.d stay until the next boot: a job may still hold them.
     print("holdingpen is uninstalled")
