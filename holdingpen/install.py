@@ -27,7 +27,7 @@ import tomllib
 from pathlib import Path
 
 PYTHON = "/usr/bin/python3"
-DEBIAN_PACKAGES = ["python3-psutil"]
+DEBIAN_PACKAGES = ["python3-psutil", "python3-systemd"]
 
 LIBDIR = Path("/usr/local/lib/holdingpen")
 CURRENT = LIBDIR / "current"     # -> release.<time>, holding the package
@@ -172,10 +172,13 @@ def install(checkout):
         return
     units = [p.name for p in system_files if p.suffix in (".socket", ".service")]
     if units:
+        services = [u for u in units if u.endswith(".service")]
+        running = [s for s in services
+                   if subprocess.run(["systemctl", "is-active", "--quiet", s]).returncode == 0]
         _run(["systemctl", "daemon-reload"])
-    sockets = [p.name for p in system_files if p.suffix == ".socket"]
-    if sockets:
-        _run(["systemctl", "enable", "--now", *sockets])
+        _run(["systemctl", "enable", "--now", *units])
+        if running:   # an update: the new code takes over the pool from the descriptor store
+            _run(["systemctl", "restart", *running])
     print("holdingpen is installed")
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import CHECKOUT, SRC_IN_CONTAINER, readme_install_command
 
-COMMANDS = ["/usr/local/bin/perflock", "/usr/local/bin/pls", "/usr/local/bin/wholock"]
+COMMANDS = [f"/usr/local/bin/{c}" for c in ("gatekeeper", "holdingpen", "perflock", "pls", "wholock")]
+UNITS = [f"/usr/local/lib/systemd/system/holdingpen.{u}" for u in ("service", "socket")]
 LIBDIR = "/usr/local/lib/holdingpen"
 TMPFILES = "/usr/local/lib/tmpfiles.d/perflock.conf"
 
@@ -27,7 +28,7 @@ def test_installing_again_updates_in_place(ct):
     release = ct.run(["readlink", f"{LIBDIR}/current"]).stdout.strip()
     install(ct)
     assert sorted(manifest(ct)) == before
-    assert sorted(before) == sorted(COMMANDS + [TMPFILES])
+    assert sorted(before) == sorted(COMMANDS + UNITS + [TMPFILES])
     # A new release replaced the old one, which is gone.
     assert ct.run(["readlink", f"{LIBDIR}/current"]).stdout.strip() != release
     assert ct.run(["sh", "-c", f"ls {LIBDIR}"]).stdout.split() == \

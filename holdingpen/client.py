@@ -1,0 +1,73 @@
+"""Talking to the daemon: connect, send one request, read one reply (and a descriptor)."""
+
+import os
+import socket
+
+from holdingpen import protocol
+
+DEFAULT_SOCKET_PATH = "/run/holdingpen.socket"
+SOCKET_PATH_ENV = "HOLDINGPEN_SOCKET"
+REPLY_TIMEOUT_S = 30.0
+
+
+class Unavailable(Exception):
+    """The daemon cannot be asked; the message names the fix."""
+
+
+def socket_path(path=None, environ=os.environ):
+    """path if given, else $HOLDINGPEN_SOCKET, else /run/holdingpen.socket."""
+    return path or environ.get(SOCKET_PATH_ENV) or DEFAULT_SOCKET_PATH
+
+
+def connect(path):
+    """A connection to the daemon at path (close-on-exec, blocking).
+
+    Raises:
+        Unavailable: nothing listens there, or we may not connect.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise Unavailable(f"the holdingpen daemon is not running ({path}); "
+                          "start it with: systemctl start holdingpen.socket") from None
+    except PermissionError:
+        sock.close()
+        raise Unavailable(f"no permission to connect to {path}") from None
+    except OSError as e:
+        sock.close()
+        raise Unavailable(f"cannot connect to {path}: {e.strerror}") from None
+    return sock
+
+
+def ask(sock, request, timeout_s=REPLY_TIMEOUT_S):
+    """Send request, return (reply fields, descriptors received with it).
+
+    Raises:
+        Unavailable: the daemon hung up, said nothing in time, or not in protocol.
+    """
+    sock.settimeout(timeout_s)
+    try:
+        sock.sendall(protocol.encode_request(request))
+        data, fds = b"", []
+        while not data.endswith(b"\n"):
+            chunk, more_fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+            fds += more_fds
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        raise Unavailable(f"the daemon did not answer within {timeout_s:.0f} s") from None
+    except OSError as e:
+        raise Unavailable(f"the daemon hung up: {e.strerror}") from None
+    finally:
+        sock.settimeout(None)
+    if not data:
+        raise Unavailable("the daemon closed the connection without an answer")
+    try:
+        return protocol.decode_reply(data.rstrip(b"\n")), fds
+    except protocol.ProtocolError as e:
+        for fd in fds:
+            os.close(fd)
+        raise Unavailable(e.message) from None

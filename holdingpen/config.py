@@ -1,0 +1,133 @@
+"""The daemon's configuration: /etc/holdingpen/holdingpen.toml.
+
+    [memory]
+    size = "2G"          # one reservation; a bare integer is bytes; K, M, G, T are binary
+    count = 2
+
+    [[disk]]
+    path = "/var/tmp"    # reserve space on the filesystem holding this directory
+    size = "10G"
+    count = 1
+
+Without a file: one memory reservation of 256 MiB and no disk reservation,
+safe on any machine (the daemon also never reserves memory the machine
+cannot spare). Every error names the file, the key and what is wrong.
+"""
+
+import os
+import tomllib
+
+from holdingpen.sizes import parse_size
+
+DEFAULT_PATH = "/etc/holdingpen/holdingpen.toml"
+DEFAULT_MEMORY_SIZE = "256M"
+DEFAULT_MEMORY_COUNT = 1
+MAX_COUNT = 1024      # each reservation is a descriptor in the daemon and in systemd's store
+MEMORY = "memory"
+DISK = "disk"
+
+
+class ConfigError(Exception):
+    """One line: the file, the key and what is wrong."""
+
+
+class PoolSpec:
+    """What one pool holds: count reservations of size_bytes of a kind."""
+
+    __slots__ = ("kind", "path", "size_bytes", "count")
+
+    def __init__(self, kind, size_bytes, count, path=None):
+        self.kind, self.size_bytes, self.count, self.path = kind, size_bytes, count, path
+
+    @property
+    def name(self):
+        """How clients and people name the pool: "memory" or "disk:/var/tmp"."""
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+    def __eq__(self, other):
+        return isinstance(other, PoolSpec) and all(
+            getattr(self, a) == getattr(other, a) for a in self.__slots__)
+
+    def __repr__(self):
+        return f"PoolSpec({self.name}, {self.size_bytes}, {self.count})"
+
+
+class Config:
+    """The pools to keep, memory first, then each disk in file order."""
+
+    def __init__(self, pools, source):
+        self.pools = pools
+        self.source = source
+
+
+def load(path=None):
+    """The configuration in path (default DEFAULT_PATH; a missing default file means defaults).
+
+    Raises:
+        ConfigError: the file cannot be read or says something wrong.
+    """
+    explicit = path is not None
+    path = path or DEFAULT_PATH
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: no such file") from None
+        return parse(b"", "(defaults)")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
+    return parse(data, path)
+
+
+def parse(data, source):
+    """A Config from the bytes of a TOML file; source names it in errors."""
+    try:
+        doc = tomllib.loads(data.decode())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    _only(doc, {MEMORY, DISK}, source, "")
+    memory = doc.get(MEMORY, {})
+    if not isinstance(memory, dict):
+        raise ConfigError(f"{source}: memory: expected a table ([memory])")
+    pools = [_pool(memory, MEMORY, None, source, "memory",
+                   default_size=DEFAULT_MEMORY_SIZE, default_count=DEFAULT_MEMORY_COUNT)]
+    disks = doc.get(DISK, [])
+    if not isinstance(disks, list) or not all(isinstance(d, dict) for d in disks):
+        raise ConfigError(f"{source}: disk: expected tables ([[disk]])")
+    seen = set()
+    for i, disk in enumerate(disks):
+        key = f"disk[{i}]"
+        path = disk.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise ConfigError(f"{source}: {key}.path: expected an absolute directory path, not {path!r}")
+        path = os.path.normpath(path)
+        if path in seen:
+            raise ConfigError(f"{source}: {key}.path: {path} is listed twice")
+        seen.add(path)
+        pools.append(_pool(disk, DISK, path, source, key, default_size=None, default_count=1))
+    return Config(pools, source)
+
+
+def _pool(table, kind, path, source, key, default_size, default_count):
+    _only(table, {"size", "count"} | ({"path"} if kind == DISK else set()), source, key + ".")
+    if "size" not in table and default_size is None:
+        raise ConfigError(f"{source}: {key}.size: missing; say how much to reserve, e.g. size = \"10G\"")
+    try:
+        size_bytes = parse_size(table.get("size", default_size))
+    except ValueError as e:
+        raise ConfigError(f"{source}: {key}.size: {e}") from None
+    count = table.get("count", default_count)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+        raise ConfigError(f"{source}: {key}.count: expected a whole number from 0 to {MAX_COUNT}, "
+                          f"not {count!r}")
+    return PoolSpec(kind, size_bytes, count, path)
+
+
+def _only(table, allowed, source, prefix):
+    for name in table:
+        if name not in allowed:
+            raise ConfigError(f"{source}: {prefix}{name}: unknown key; expected one of "
+                              f"{', '.join(sorted(allowed))}")

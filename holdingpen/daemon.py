@@ -1,0 +1,557 @@
+"""The Holding Pen daemon: keeps the pools full and lends from them.
+
+Theory of operation
+-------------------
+One thread runs an event loop over the listening socket, the clients'
+connections and a wake-up pipe (signals and finished reservations write to
+it). A second thread makes reservations, one at a time: allocating gigabytes
+takes a while and must not stall clients. Only the loop thread touches the
+pools (pool.py), whose rules decide; this module carries their decisions
+out, and tells systemd (sd_notify) and the journal (events.py).
+
+A loan lives exactly as long as its connection: when the client's side
+closes (the command and everything that inherited the socket have exited),
+the place is reserved again. Who a client is comes from the kernel
+(SO_PEERCRED), never from what it says; every borrow passes through one
+authorize(peer, pool_name) step.
+"""
+
+import errno
+import os
+import pwd
+import queue
+import selectors
+import signal
+import socket
+import struct
+import threading
+import time
+
+from holdingpen import chunks, config, headroom, protocol
+from holdingpen.pool import Loan, Pool, status_line
+from holdingpen.sizes import format_size
+
+REQUEST_TIMEOUT_S = 10.0      # a client that says nothing is told so, and dropped
+MAX_CONNECTIONS = 4096        # beyond this a client is told "busy" at once
+RETRY_FIRST_S = 1.0           # after a shortfall, try again after this, doubling ...
+RETRY_MAX_S = 60.0            # ... up to this
+FILL_RATE_FLOOR_BPS = 256 << 20   # slowest fill we plan for, to ask systemd for more start time
+COMMAND_REFRESH_S = 2.0       # how often loans' commands are read again from /proc
+
+
+class Peer:
+    """A client as the kernel describes it."""
+
+    __slots__ = ("pid", "uid", "gid", "user", "comm")
+
+    def __init__(self, pid, uid, gid, comm):
+        self.pid, self.uid, self.gid, self.comm = pid, uid, gid, comm
+        try:
+            self.user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            self.user = str(uid)
+
+
+def peer_of(sock, proc="/proc"):
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    try:
+        with open(f"{proc}/{pid}/comm") as f:
+            comm = f.read().strip()
+    except OSError:
+        comm = "?"
+    return Peer(pid, uid, gid, comm)
+
+
+def allow_connected(peer, pool_name):
+    """Until polkit decides: whoever can open the socket (its file mode) may borrow."""
+    return True, ""
+
+
+class _Conn:
+    __slots__ = ("sock", "peer", "inbox", "outbox", "deadline", "loan", "close_when_sent")
+
+    def __init__(self, sock, peer, deadline):
+        self.sock, self.peer, self.deadline = sock, peer, deadline
+        self.inbox = b""
+        self.outbox = b""
+        self.loan = None             # (pool name, loan id, store name) once it borrowed
+        self.close_when_sent = False
+
+
+class Daemon:
+    """The pools and the clients. run() until SIGTERM.
+
+    Args:
+        cfg: config.Config; config_path: where SIGHUP reloads it from.
+        listener: the listening socket (ours or systemd's).
+        notify: sd_notify (systemd.daemon.notify), or a no-op by hand.
+        events: events.Events.
+        store: fdstore.FdStore or fdstore.NoStore.
+        authorize: authorize(peer, pool_name) -> (allowed, why not).
+        proc: where procfs is mounted.
+    """
+
+    def __init__(self, cfg, config_path, listener, notify, events, store,
+                 authorize=allow_connected, proc="/proc"):
+        self.config_path = config_path
+        self.listener = listener
+        self.notify = notify
+        self.events = events
+        self.store = store
+        self.authorize = authorize
+        self.proc = proc
+        self.pools = {spec.name: Pool(spec) for spec in cfg.pools}
+        self.chunk_names = {}          # id(chunk) -> store name
+        self.conns = {}                # fd -> _Conn
+        self.retry_at = {}             # pool name -> monotonic time of the next try
+        self.retry_s = {}
+        self.in_flight = None          # the pool a reservation is being made for
+        self.ready = False
+        self.stopping = False
+        self.reload_wanted = False
+        self.next_loan = 1
+        self.lock_memory = headroom.has_swap(headroom.read_meminfo(proc))
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.results = queue.SimpleQueue()
+        self.jobs = queue.SimpleQueue()
+        self.status_text = None
+        watchdog_usec = os.environ.get("WATCHDOG_USEC")
+        watchdog_pid = os.environ.get("WATCHDOG_PID", str(os.getpid()))
+        self.watchdog_s = (int(watchdog_usec) / 2e6 if watchdog_usec and
+                           watchdog_pid == str(os.getpid()) else None)
+        self.watchdog_at = 0.0
+        self.commands_at = 0.0
+
+    # ---- the loop ----
+
+    def run(self):
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        threading.Thread(target=self._reserver, name="reserver", daemon=True).start()
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._woken)
+        self._adopt()
+        self.events("started", f"started with {status_line(self.pools.values())}")
+        while not self.stopping:
+            now = time.monotonic()
+            if self.reload_wanted:
+                self.reload_wanted = False
+                self._reload()
+            self._expire(now)
+            self._reserve_next(now)
+            self._refresh_commands(now)
+            self._tell_systemd(now)
+            for key, mask in self.sel.select(self._timeout_s()):
+                key.data(key.fileobj, mask)
+        self.notify("STOPPING=1")
+        self.events("stopping", "holdingpen stopping; reservations stay in systemd's store "
+                    "when it restarts us")
+        self.jobs.put(None)
+
+    def _timeout_s(self):
+        now = time.monotonic()
+        times = [c.deadline for c in self.conns.values() if c.deadline is not None]
+        times += [t for name, t in self.retry_at.items() if self.pools[name].missing()]
+        if self.watchdog_s:
+            times.append(self.watchdog_at)
+        if any(p.loans for p in self.pools.values()):
+            times.append(self.commands_at)
+        return max(0.0, min(times) - now) if times else None
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGHUP:
+            self.reload_wanted = True
+        else:
+            self.stopping = True
+
+    def _woken(self, fd, mask):
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                name, chunk, problem = self.results.get_nowait()
+            except queue.Empty:
+                return
+            self._reservation_done(name, chunk, problem)
+
+    # ---- clients ----
+
+    def _accept(self, listener, mask):
+        for _ in range(64):        # a burst at a time, so connected clients are served too
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return         # out of descriptors: the client waits in the backlog
+                raise
+            sock.setblocking(False)
+            conn = _Conn(sock, peer_of(sock, self.proc), time.monotonic() + REQUEST_TIMEOUT_S)
+            self.conns[sock.fileno()] = conn
+            self.sel.register(sock, selectors.EVENT_READ, self._readable)
+            if len(self.conns) > MAX_CONNECTIONS:
+                self._fail(conn, protocol.BUSY, "too many connections; try again")
+
+    def _readable(self, sock, mask):
+        conn = self.conns.get(sock.fileno())
+        if conn is None:
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+        if not mask & selectors.EVENT_READ or conn.sock.fileno() < 0:
+            return
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, protocol.MAX_LINE_BYTES + 1, 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            return self._close(conn)
+        for fd in fds:             # descriptors a client sends are never ours to keep
+            os.close(fd)
+        if not data:
+            return self._close(conn)
+        if conn.loan is not None or conn.close_when_sent:
+            return                 # talk after the reply changes nothing
+        conn.inbox += data
+        line, newline, _ = conn.inbox.partition(b"\n")
+        if not newline:
+            if len(conn.inbox) > protocol.MAX_LINE_BYTES:
+                self._fail(conn, protocol.TOO_LONG,
+                           f"a request is one line of at most {protocol.MAX_LINE_BYTES} bytes")
+            return
+        conn.deadline = None
+        try:
+            request = protocol.decode_request(line)
+        except protocol.ProtocolError as e:
+            self.events("bad-client", f"bad request from {conn.peer.user} ({conn.peer.comm}): "
+                        f"{e.message}", peer=conn.peer)
+            return self._fail(conn, e.code, e.message)
+        if request.action == protocol.STATUS:
+            conn.close_when_sent = True
+            return self._send(conn, protocol.encode_reply(self.status(conn.peer)))
+        self._borrow(conn, request)
+
+    def _borrow(self, conn, request):
+        pool = self._pool_for(request.kind)
+        if pool is None:
+            return self._fail(conn, protocol.UNKNOWN_KIND, f"no {request.kind} pool; there are: "
+                              f"{', '.join(self.pools)}")
+        allowed, why = self.authorize(conn.peer, pool.name)
+        if not allowed:
+            self.events("refused", f"{conn.peer.user} ({conn.peer.comm}) may not borrow "
+                        f"{pool.name}: {why}", kind=pool.name, peer=conn.peer)
+            return self._fail(conn, protocol.NOT_AUTHORIZED, why)
+        loan_id = self.next_loan
+        self.next_loan += 1
+        loan = Loan(conn.peer.uid, conn.peer.user, conn.peer.pid, conn.peer.comm, time.time(),
+                    handed_fd=request.fd)
+        chunk = pool.lend(loan_id, loan)
+        if chunk is None:
+            return self._fail(conn, protocol.POOL_EMPTY, self._why_empty(pool))
+        self.store.remove(self.chunk_names.pop(id(chunk)))
+        reply = protocol.encode_reply({"ok": True, "action": protocol.BORROW, "kind": pool.name,
+                                       "size": chunk.size_bytes, "fd": request.fd})
+        if request.fd:
+            try:
+                socket.send_fds(conn.sock, [reply], [chunk.fd])
+            except OSError:        # it went away mid hand-off: the chunk is still ours
+                pool.undo_lend(loan_id, chunk)
+                self._store_chunk(pool, chunk)
+                return self._close(conn)
+            chunk.close()          # the client's copy is now the only one
+        else:
+            chunk.close()          # the memory is free before the client hears so
+            self._send(conn, reply)
+        store_name = self.store.new_name("loan")
+        conn.loan = (pool.name, loan_id, store_name)
+        self.store.add(store_name, conn.sock.fileno(), {"pool": pool.name, **loan.as_dict()})
+        self.events("lent", f"lent {format_size(chunk.size_bytes)} of {pool.name} to "
+                    f"{conn.peer.user} ({conn.peer.comm}, pid {conn.peer.pid})"
+                    + (", as a descriptor" if request.fd else ""),
+                    kind=pool.name, size_bytes=chunk.size_bytes, peer=conn.peer)
+
+    def _why_empty(self, pool):
+        if pool.shortfall:
+            return f"no {pool.name} reservation is held: {pool.shortfall}"
+        if pool.reserving or pool.missing():
+            return f"no {pool.name} reservation is held yet; one is being made"
+        return f"all {pool.spec.count} {pool.name} reservations are lent"
+
+    def _pool_for(self, kind):
+        if kind in self.pools:
+            return self.pools[kind]
+        if kind == chunks.DISK:
+            return next((p for p in self.pools.values() if p.spec.kind == chunks.DISK), None)
+        if kind.startswith("disk:"):
+            return self.pools.get("disk:" + os.path.normpath(kind[5:]))
+        return None
+
+    def status(self, peer):
+        """What `holdingpen status` shows: every pool, and who holds what."""
+        loans = [{"kind": pool.name, "user": loan.user, "uid": loan.uid, "pid": loan.pid,
+                  "command": loan.command, "since": loan.since, "size": loan.size_bytes,
+                  "fd": loan.handed_fd}
+                 for pool in self.pools.values() for loan in pool.loans.values()]
+        return {"ok": True, "action": protocol.STATUS, "ready": self.ready,
+                "pools": [p.snapshot() for p in self.pools.values()], "loans": loans}
+
+    def _fail(self, conn, code, message):
+        conn.close_when_sent = True
+        self._send(conn, protocol.error_reply(code, message))
+
+    def _send(self, conn, data):
+        conn.outbox += data
+        self._flush(conn)
+
+    def _flush(self, conn):
+        try:
+            while conn.outbox:
+                conn.outbox = conn.outbox[conn.sock.send(conn.outbox):]
+        except BlockingIOError:
+            self.sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._readable)
+            return
+        except OSError:
+            return self._close(conn)
+        if conn.close_when_sent:
+            return self._close(conn)
+        if self.sel.get_key(conn.sock).events & selectors.EVENT_WRITE:
+            self.sel.modify(conn.sock, selectors.EVENT_READ, self._readable)
+
+    def _close(self, conn):
+        fd = conn.sock.fileno()
+        if fd < 0 or self.conns.pop(fd, None) is None:
+            return
+        self.sel.unregister(conn.sock)
+        conn.sock.close()
+        if conn.loan is not None:
+            name, loan_id, store_name = conn.loan
+            self.store.remove(store_name)
+            pool = self.pools.get(name)
+            if pool is not None and loan_id in pool.loans:
+                loan = pool.loans[loan_id]
+                pool.returned(loan_id)
+                self.events("returned", f"{loan.user} ({loan.command}) returned "
+                            f"{format_size(loan.size_bytes)} of {name}", kind=name,
+                            size_bytes=loan.size_bytes, peer=conn.peer)
+
+    def _expire(self, now):
+        for conn in list(self.conns.values()):
+            if conn.deadline is not None and now >= conn.deadline:
+                conn.deadline = None
+                self._fail(conn, protocol.TIMEOUT,
+                           f"no request within {REQUEST_TIMEOUT_S:.0f} s of connecting")
+
+    # ---- reservations ----
+
+    def _reserve_next(self, now):
+        if self.in_flight is not None:
+            return
+        for pool in self.pools.values():
+            if pool.missing() and now >= self.retry_at.get(pool.name, 0.0):
+                break
+        else:
+            return
+        pool.start_reserving()
+        spec = pool.spec
+        if spec.kind == chunks.MEMORY:
+            problem = headroom.memory_shortfall(headroom.read_meminfo(self.proc), spec.size_bytes)
+            if problem:
+                return self._reservation_done(pool.name, None, problem)
+        if not self.ready:   # a large pool takes a while to fill: ask systemd to wait
+            usec = int((spec.size_bytes / FILL_RATE_FLOOR_BPS + 10) * 1e6)
+            self.notify(f"EXTEND_TIMEOUT_USEC={usec}")
+        self.in_flight = pool.name
+        self.jobs.put((pool.name, spec.kind, spec.path, spec.size_bytes, self.lock_memory))
+
+    def _reserver(self):
+        """The second thread: make each chunk asked for, hand it back, wake the loop."""
+        while (job := self.jobs.get()) is not None:
+            name, kind, path, size_bytes, lock = job
+            try:
+                if kind == chunks.MEMORY:
+                    chunk = chunks.reserve_memory(size_bytes, lock)
+                else:
+                    chunk = chunks.reserve_disk(path, size_bytes)
+                self.results.put((name, chunk, None))
+            except chunks.ReserveError as e:
+                self.results.put((name, None, str(e)))
+            try:
+                os.write(self.wake_w, b"r")
+            except BlockingIOError:
+                pass          # the loop is being woken anyway
+
+    def _reservation_done(self, name, chunk, problem):
+        if self.in_flight == name:
+            self.in_flight = None
+        pool = self.pools.get(name)
+        if pool is None or pool.reserving == 0:      # its pool went in a reload
+            if chunk is not None:
+                chunk.close()
+            return
+        if chunk is None:
+            pool.failed(problem)
+            delay = min(RETRY_MAX_S, self.retry_s.get(name, RETRY_FIRST_S / 2) * 2)
+            self.retry_s[name] = delay
+            self.retry_at[name] = time.monotonic() + delay
+            self.events("shortfall", f"{name}: {problem}; trying again in {delay:.0f} s",
+                        kind=name, size_bytes=pool.spec.size_bytes)
+            return
+        self.retry_s.pop(name, None)
+        self.retry_at.pop(name, None)
+        for extra in pool.reserved(chunk, chunk.size_bytes):
+            self._release(pool, [extra])
+        if chunk.fd is not None:
+            self._store_chunk(pool, chunk)
+            self.events("reserved", f"reserved {format_size(chunk.size_bytes)} of {name}",
+                        kind=name, size_bytes=chunk.size_bytes)
+
+    def _store_chunk(self, pool, chunk):
+        name = self.store.new_name("chunk")
+        self.chunk_names[id(chunk)] = name
+        self.store.add(name, chunk.fd, {"pool": pool.name})
+
+    def _release(self, pool, released):
+        for chunk in released:
+            name = self.chunk_names.pop(id(chunk), None)
+            if name:
+                self.store.remove(name)
+            chunk.close()
+            self.events("released", f"released {format_size(chunk.size_bytes)} of {pool.name}",
+                        kind=pool.name, size_bytes=chunk.size_bytes)
+
+    # ---- systemd ----
+
+    def _refresh_commands(self, now):
+        """Loans show the borrower's command as it is now: gatekeeper has become CMD."""
+        if now < self.commands_at:
+            return
+        self.commands_at = now + COMMAND_REFRESH_S
+        for pool in self.pools.values():
+            for loan in pool.loans.values():
+                try:
+                    with open(f"{self.proc}/{loan.pid}/comm") as f:
+                        loan.command = f.read().strip()
+                except OSError:
+                    pass          # gone: its connection's close will tell us soon
+
+    def _tell_systemd(self, now):
+        if not self.ready and self.in_flight is None and all(
+                not p.missing() or p.name in self.retry_at for p in self.pools.values()):
+            self.ready = True
+            self.notify("READY=1")
+        text = status_line(self.pools.values())
+        if text != self.status_text:
+            self.status_text = text
+            self.notify(f"STATUS={text}")
+        if self.watchdog_s and now >= self.watchdog_at:
+            self.notify("WATCHDOG=1")
+            self.watchdog_at = now + self.watchdog_s
+
+    def _reload(self):
+        self.notify("RELOADING=1")
+        try:
+            cfg = config.load(self.config_path)
+        except config.ConfigError as e:
+            self.events("config-refused", f"reload refused, keeping the running configuration: {e}")
+            self.notify("READY=1")
+            return
+        wanted = {spec.name: spec for spec in cfg.pools}
+        for name, pool in list(self.pools.items()):
+            if name in wanted:
+                self._release(pool, pool.reconfigure(wanted[name]))
+            else:
+                self._release(pool, pool.reconfigure(_retired(pool.spec)))
+                if not pool.loans and not pool.reserving:
+                    del self.pools[name]
+        for name, spec in wanted.items():
+            self.pools.setdefault(name, Pool(spec))
+        self.retry_at.clear()
+        self.events("reloaded", f"configuration reloaded from {cfg.source}: "
+                    f"{', '.join(self.pools)}")
+        self.notify("READY=1")
+
+    def _adopt(self):
+        """Take back what systemd kept for us across a restart."""
+        by_dev = {}
+        for pool in self.pools.values():
+            if pool.spec.kind == chunks.DISK:
+                try:
+                    by_dev[os.stat(pool.spec.path).st_dev] = pool
+                except OSError:
+                    pass
+        chunks_n = loans_n = dropped = 0
+        for name, fd, facts in self.store.passed:
+            pool = self.pools.get((facts or {}).get("pool"))
+            if name.startswith("chunk.") and pool is not None:
+                try:
+                    chunk = chunks.adopt(fd, self.lock_memory)
+                except (chunks.ReserveError, OSError):
+                    chunk = None
+                if chunk is not None and (chunk.kind == pool.spec.kind == chunks.MEMORY or (
+                        chunk.kind == pool.spec.kind == chunks.DISK
+                        and by_dev.get(chunks.filesystem_of(chunk)) is pool)):
+                    self.chunk_names[id(chunk)] = name
+                    self._release(pool, pool.adopt_chunk(chunk, chunk.size_bytes))
+                    chunks_n += 1
+                    continue
+                if chunk is not None:
+                    chunk.close()
+                    fd = None
+            elif name.startswith("loan.") and pool is not None:
+                sock = socket.socket(fileno=fd)
+                sock.setblocking(False)
+                peer = peer_of(sock, self.proc)
+                loan = Loan(peer.uid, peer.user, peer.pid, facts.get("command", peer.comm),
+                            facts.get("since", time.time()), pool.spec.size_bytes,
+                            facts.get("handed_fd", False))
+                loan_id = self.next_loan
+                self.next_loan += 1
+                pool.adopt_loan(loan_id, loan)
+                conn = _Conn(sock, peer, None)
+                conn.loan = (pool.name, loan_id, name)
+                self.conns[sock.fileno()] = conn
+                self.sel.register(sock, selectors.EVENT_READ, self._readable)
+                loans_n += 1
+                continue
+            self.store.remove(name)
+            if fd is not None:
+                os.close(fd)
+            dropped += 1
+        if chunks_n or loans_n or dropped:
+            self.events("adopted", f"kept across the restart: {chunks_n} reservations, "
+                        f"{loans_n} loans; dropped {dropped} that no longer fit",
+                        chunks=chunks_n, loans=loans_n)
+
+
+def _retired(spec):
+    """A pool removed from the configuration keeps its loans until they return."""
+    return config.PoolSpec(spec.kind, spec.size_bytes, 0, spec.path)
+
+
+def bind(path):
+    """Listen on path ourselves (run by hand, or --socket).
+
+    Raises:
+        OSError: path is taken by a live daemon, or cannot be bound.
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+        raise OSError(errno.EADDRINUSE, f"another daemon is listening on {path}")
+    except (FileNotFoundError, ConnectionRefusedError):
+        if os.path.lexists(path):
+            os.unlink(path)      # a socket file left by a daemon that died
+    finally:
+        probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.bind(path)
+    os.chmod(path, 0o666)        # as SocketMode= in holdingpen.socket: the mode decides who may ask
+    sock.listen(1024)
+    return sock

@@ -1,0 +1,85 @@
+"""Reservations and loans kept in systemd's descriptor store, so restarts lose nothing.
+
+Every chunk and every borrower's connection is stored under a name
+(FDSTORE=1 + FDNAME=chunk.7 or loan.12) and removed when it goes
+(FDSTOREREMOVE=1). systemd hands them all back on the next start, in
+LISTEN_FDS with their names, after a restart, a crash or a watchdog kill
+alike; `systemctl stop` empties the store, and that frees the pool.
+
+What each name is (which pool, who borrowed, since when) is written to a
+small memfd, itself stored as "state": a JSON object {name: facts}. A
+descriptor that comes back without facts, or facts without a descriptor,
+are dropped: the descriptors are the truth.
+"""
+
+import json
+import os
+
+STATE = "state"
+
+
+class FdStore:
+    """The descriptor store, reached through notify (systemd.daemon.notify)."""
+
+    def __init__(self, notify, passed):
+        """passed: {fd: name} handed to us at start (without the listening socket)."""
+        self.notify = notify
+        state_fd = next((fd for fd, name in passed.items() if name == STATE), None)
+        self.facts = _read_state(state_fd) if state_fd is not None else {}
+        self.passed = [(name, fd, self.facts.get(name)) for fd, name in passed.items()
+                       if name != STATE]
+        self.next_id = max([int(n.rsplit(".", 1)[1]) for n, _, _ in self.passed
+                            if n.rsplit(".", 1)[-1].isdigit()], default=0) + 1
+        self.facts = {name: facts for name, _, facts in self.passed if facts is not None}
+        if state_fd is None:
+            state_fd = os.memfd_create("holdingpen-state", os.MFD_CLOEXEC)
+            self._send(f"FDSTORE=1\nFDNAME={STATE}", [state_fd])
+        self.state_fd = state_fd
+        self._write_state()
+
+    def new_name(self, prefix):
+        name = f"{prefix}.{self.next_id}"
+        self.next_id += 1
+        return name
+
+    def add(self, name, fd, facts):
+        self.facts[name] = facts
+        self._write_state()
+        self._send(f"FDSTORE=1\nFDNAME={name}", [fd])
+
+    def remove(self, name):
+        if self.facts.pop(name, None) is not None:
+            self._write_state()
+        self._send(f"FDSTOREREMOVE=1\nFDNAME={name}")
+
+    def _send(self, message, fds=None):
+        self.notify(message, fds=fds) if fds else self.notify(message)
+
+    def _write_state(self):
+        data = json.dumps(self.facts).encode()
+        os.ftruncate(self.state_fd, 0)
+        os.pwrite(self.state_fd, data, 0)
+
+
+class NoStore:
+    """Run by hand: nothing to keep across restarts."""
+
+    passed = []
+
+    def new_name(self, prefix):
+        return prefix
+
+    def add(self, name, fd, facts):
+        pass
+
+    def remove(self, name):
+        pass
+
+
+def _read_state(fd):
+    try:
+        size = os.fstat(fd).st_size
+        facts = json.loads(os.pread(fd, size, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}

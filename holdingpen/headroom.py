@@ -1,0 +1,49 @@
+"""Can the machine spare another reservation? Decided from /proc/meminfo and statvfs.
+
+Reserving memory the machine needs would push it towards the OOM killer, the
+very thing the pool is there to prevent, so a memory reservation is made only
+if MemAvailable stays above a floor afterwards: 5% of MemTotal, at least
+128 MiB. Disk space needs no floor: fallocate either gets the blocks or fails.
+"""
+
+import os
+
+MIN_FLOOR_BYTES = 128 << 20
+FLOOR_FRACTION = 0.05
+
+
+def parse_meminfo(text):
+    """{field: bytes} from /proc/meminfo text ("MemAvailable:  123 kB")."""
+    fields = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            fields[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return fields
+
+
+def read_meminfo(proc="/proc"):
+    with open(os.path.join(proc, "meminfo")) as f:
+        return parse_meminfo(f.read())
+
+
+def floor_bytes(meminfo):
+    return max(MIN_FLOOR_BYTES, int(meminfo.get("MemTotal", 0) * FLOOR_FRACTION))
+
+
+def memory_shortfall(meminfo, size_bytes):
+    """None if size_bytes can be reserved now, else why not (for STATUS and the journal)."""
+    available = meminfo.get("MemAvailable")
+    if available is None:
+        return None    # a kernel too old to say: trust fallocate
+    floor = floor_bytes(meminfo)
+    if available - size_bytes >= floor:
+        return None
+    from holdingpen.sizes import format_size
+    return (f"only {format_size(available)} available; reserving {format_size(size_bytes)} "
+            f"would leave less than {format_size(floor)}")
+
+
+def has_swap(meminfo):
+    return meminfo.get("SwapTotal", 0) > 0

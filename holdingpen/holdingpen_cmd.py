@@ -1,0 +1,175 @@
+"""holdingpen: the reservation daemon, and a look at its pool.
+
+    holdingpen serve  [--config PATH] [--socket PATH]
+    holdingpen status [--socket PATH] [--json]
+
+`serve` takes its listening socket from systemd (LISTEN_FDS) or, with
+--socket or without systemd, binds it itself; so it also runs by hand:
+
+    holdingpen serve --config ./pool.toml --socket /tmp/hp.sock
+    systemd-socket-activate -l /tmp/hp.sock holdingpen serve    # as systemd would start it
+"""
+
+import os
+import socket
+import sys
+import time
+
+from holdingpen import client, cmdline, protocol, text
+from holdingpen.sizes import format_size
+
+EXIT_USAGE = 64
+EXIT_UNAVAILABLE = 69     # status: the daemon cannot be asked
+EXIT_CANTCREAT = 73       # serve: the socket cannot be bound
+EXIT_CONFIG = 78          # serve: a bad configuration (EX_CONFIG)
+
+SERVE_OPTIONS = [
+    cmdline.Option("-c", "--config", "config", "PATH"),
+    cmdline.Option(None, "--socket", "socket", "PATH"),
+    cmdline.Option("-h", "--help", "help"),
+]
+STATUS_OPTIONS = [
+    cmdline.Option(None, "--socket", "socket", "PATH"),
+    cmdline.Option(None, "--json", "json"),
+    cmdline.Option("-h", "--help", "help"),
+]
+USAGE = """\
+usage: holdingpen serve  [--config PATH] [--socket PATH]
+       holdingpen status [--socket PATH] [--json]
+"""
+
+
+def main():
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(argv):
+    verb, rest = (argv[0], argv[1:]) if argv else (None, [])
+    commands = {"serve": (SERVE_OPTIONS, serve), "status": (STATUS_OPTIONS, status)}
+    if verb in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if verb not in commands:
+        sys.stderr.write(f"holdingpen: {'no command given' if verb is None else f'unknown command {verb!r}'}\n"
+                         + USAGE)
+        return EXIT_USAGE
+    options, action = commands[verb]
+    try:
+        opts, _ = cmdline.parse(options, rest, takes_command=False)
+    except cmdline.UsageError as e:
+        sys.stderr.write(f"holdingpen {verb}: {e}\n{USAGE}")
+        return EXIT_USAGE
+    if opts["help"]:
+        sys.stdout.write(USAGE)
+        return 0
+    return action(opts)
+
+
+def serve(opts):
+    from holdingpen import config, daemon, events, fdstore
+    try:
+        cfg = config.load(opts["config"])
+    except config.ConfigError as e:
+        sys.stderr.write(f"holdingpen: {e}\n")
+        return EXIT_CONFIG
+    notify, passed = _systemd()
+    listener = None
+    if not opts["socket"]:
+        listener = next((fd for fd in passed if _is_listening(fd)), None)
+    if listener is not None:
+        del passed[listener]
+        listener = socket.socket(fileno=listener)
+    else:
+        path = client.socket_path(opts["socket"])
+        try:
+            listener = daemon.bind(path)
+        except OSError as e:
+            sys.stderr.write(f"holdingpen: cannot listen on {path}: {e.strerror}\n")
+            return EXIT_CANTCREAT
+    store = fdstore.FdStore(notify, passed) if os.environ.get("NOTIFY_SOCKET") else fdstore.NoStore()
+    _raise_descriptor_limit()
+    daemon.Daemon(cfg, opts["config"], listener, notify, events.default_events(), store).run()
+    return 0
+
+
+def _systemd():
+    """(sd_notify, {fd: name} passed by systemd); a no-op notify without systemd."""
+    try:
+        from systemd import daemon as sd
+    except ImportError:
+        return (lambda message, fds=None: False), {}
+    passed = sd.listen_fds_with_names() if os.environ.get("LISTEN_FDS") else {}
+    for fd in passed:
+        os.set_inheritable(fd, False)
+    return sd.notify, dict(passed)
+
+
+def _is_listening(fd):
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        return s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+    except OSError:
+        return False
+    finally:
+        s.detach()
+
+
+def _raise_descriptor_limit():
+    # Every client and every reservation is a descriptor: a thousand at once
+    # must not hit the default soft limit of 1024.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def status(opts):
+    path = client.socket_path(opts["socket"])
+    try:
+        sock = client.connect(path)
+        with sock:
+            reply, fds = client.ask(sock, protocol.Request(protocol.STATUS))
+    except client.Unavailable as e:
+        sys.stderr.write(f"holdingpen: {e}\n")
+        return EXIT_UNAVAILABLE
+    for fd in fds:
+        os.close(fd)
+    if not reply["ok"]:
+        sys.stderr.write(f"holdingpen: {reply.get('message')} ({reply.get('error')})\n")
+        return EXIT_UNAVAILABLE
+    if opts["json"]:
+        import json
+        shown = {k: reply[k] for k in ("ready", "pools", "loans") if k in reply}
+        sys.stdout.write(json.dumps(shown, indent=1) + "\n")
+    else:
+        sys.stdout.write(describe(reply, time.time()))
+    return 0
+
+
+def describe(reply, now):
+    """The status reply as text: one line per pool, then who holds what."""
+    lines = []
+    for p in reply["pools"]:
+        line = (f"{p['name']}: {p['held']}/{p['count']} held, {p['lent']} lent, "
+                f"{format_size(p['size'])} each")
+        if p.get("reserving"):
+            line += ", reserving"
+        if p.get("shortfall"):
+            line += f"; short: {p['shortfall']}"
+        lines.append(line)
+    if not reply.get("ready", True):
+        lines.append("(still filling the pool)")
+    loans = reply.get("loans", [])
+    if loans:
+        rows = [("USER", "UID", "PID", "COMMAND", "KIND", "SIZE", "SINCE")]
+        rows += [(r["user"], str(r["uid"]), str(r["pid"]), r["command"] or "-",
+                  r["kind"] + (" (fd)" if r.get("fd") else ""), format_size(r["size"]),
+                  text.age(now - r["since"])) for r in loans]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines.append("")
+        lines += ["  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
