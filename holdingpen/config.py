@@ -9,6 +9,9 @@
     size = "10G"
     count = 1
 
+    [limits]
+    request_timeout_s = 10   # a client that says nothing for this long is dropped
+
 Without a file: one memory reservation of 256 MiB and no disk reservation,
 safe on any machine (the daemon also never reserves memory the machine
 cannot spare). Every error names the file, the key and what is wrong.
@@ -25,6 +28,9 @@ DEFAULT_MEMORY_COUNT = 1
 MAX_COUNT = 1024      # each reservation is a descriptor in the daemon and in systemd's store
 MEMORY = "memory"
 DISK = "disk"
+LIMITS = "limits"
+# [limits]: how long a client may take to say what it wants.
+DEFAULT_LIMITS = {"request_timeout_s": 10.0}
 
 
 class ConfigError(Exception):
@@ -53,11 +59,12 @@ class PoolSpec:
 
 
 class Config:
-    """The pools to keep, memory first, then each disk in file order."""
+    """The pools to keep, memory first, then each disk in file order; and the limits."""
 
-    def __init__(self, pools, source):
+    def __init__(self, pools, source, limits=None):
         self.pools = pools
         self.source = source
+        self.limits = dict(DEFAULT_LIMITS) if limits is None else limits
 
 
 def load(path=None):
@@ -88,7 +95,7 @@ def parse(data, source):
         raise ConfigError(f"{source}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    _only(doc, {MEMORY, DISK}, source, "")
+    _only(doc, {MEMORY, DISK, LIMITS}, source, "")
     memory = doc.get(MEMORY, {})
     if not isinstance(memory, dict):
         raise ConfigError(f"{source}: memory: expected a table ([memory])")
@@ -108,7 +115,20 @@ def parse(data, source):
             raise ConfigError(f"{source}: {key}.path: {path} is listed twice")
         seen.add(path)
         pools.append(_pool(disk, DISK, path, source, key, default_size=None, default_count=1))
-    return Config(pools, source)
+    return Config(pools, source, _limits(doc.get(LIMITS, {}), source))
+
+
+def _limits(table, source):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: limits: expected a table ([limits])")
+    _only(table, set(DEFAULT_LIMITS), source, "limits.")
+    limits = dict(DEFAULT_LIMITS)
+    for name, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+            raise ConfigError(f"{source}: limits.{name}: expected seconds, more than 0 and at most "
+                              f"3600, not {value!r}")
+        limits[name] = float(value)
+    return limits
 
 
 def _pool(table, kind, path, source, key, default_size, default_count):

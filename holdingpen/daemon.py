@@ -31,7 +31,6 @@ from holdingpen import chunks, config, headroom, protocol
 from holdingpen.pool import Loan, Pool, status_line
 from holdingpen.sizes import format_size
 
-REQUEST_TIMEOUT_S = 10.0      # a client that says nothing is told so, and dropped
 MAX_CONNECTIONS = 4096        # beyond this a client is told "busy" at once
 RETRY_FIRST_S = 1.0           # after a shortfall, try again after this, doubling ...
 RETRY_MAX_S = 60.0            # ... up to this
@@ -101,6 +100,7 @@ class Daemon:
         self.authorize = authorize
         self.proc = proc
         self.pools = {spec.name: Pool(spec) for spec in cfg.pools}
+        self.limits = cfg.limits
         self.chunk_names = {}          # id(chunk) -> store name
         self.conns = {}                # fd -> _Conn
         self.retry_at = {}             # pool name -> monotonic time of the next try
@@ -193,7 +193,8 @@ class Daemon:
                     return         # out of descriptors: the client waits in the backlog
                 raise
             sock.setblocking(False)
-            conn = _Conn(sock, peer_of(sock, self.proc), time.monotonic() + REQUEST_TIMEOUT_S)
+            conn = _Conn(sock, peer_of(sock, self.proc),
+                         time.monotonic() + self.limits["request_timeout_s"])
             self.conns[sock.fileno()] = conn
             self.sel.register(sock, selectors.EVENT_READ, self._readable)
             if len(self.conns) > MAX_CONNECTIONS:
@@ -345,8 +346,8 @@ class Daemon:
         for conn in list(self.conns.values()):
             if conn.deadline is not None and now >= conn.deadline:
                 conn.deadline = None
-                self._fail(conn, protocol.TIMEOUT,
-                           f"no request within {REQUEST_TIMEOUT_S:.0f} s of connecting")
+                self._fail(conn, protocol.TIMEOUT, "no request within "
+                           f"{self.limits['request_timeout_s']:g} s of connecting")
 
     # ---- reservations ----
 
@@ -462,6 +463,7 @@ class Daemon:
             self.events("config-refused", f"reload refused, keeping the running configuration: {e}")
             self.notify("READY=1")
             return
+        self.limits = cfg.limits
         wanted = {spec.name: spec for spec in cfg.pools}
         for name, pool in list(self.pools.items()):
             if name in wanted:
