@@ -1,0 +1,219 @@
+"""The daemon run by hand with a small pool: borrow, return, memory and disk really move."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from pen import CHUNK, Pen, connect, meminfo, read_line, write_config
+from lockjobs import wait_until
+
+
+@pytest.fixture
+def pen(bindir, shared_tmp):
+    disk = shared_tmp / "disk"
+    disk.mkdir()
+    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", disk_dir=disk))
+    p.disk = disk
+    p.wait_full()
+    p.wait_full(f"disk:{disk}")
+    yield p
+    assert p.stop() == 0
+
+
+def hold(pen, *gatekeeper_args):
+    """A gatekeeper'd job that holds its loan until its stdin closes."""
+    job = subprocess.Popen(["gatekeeper", *gatekeeper_args, "sh", "-c", "echo holding; read _; exit 0"],
+                           env=pen.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert job.stdout.readline() == "holding\n"
+    return job
+
+
+def release(job):
+    job.stdin.close()
+    assert job.wait(30) == 0
+    job.stdout.close()
+
+
+def test_borrow_and_return_cycles(pen):
+    for _ in range(3):
+        job = hold(pen)
+        pool = pen.pool()
+        assert (pool["held"], pool["lent"], pool["count"]) == (3, 1, 4)
+        (loan,) = pen.status()["loans"]
+        assert (loan["pid"], loan["uid"], loan["kind"], loan["size"], loan["fd"]) == \
+            (job.pid, os.getuid(), "memory", CHUNK, False)
+        release(job)
+        pen.wait_full()
+        assert pen.pool()["lent"] == 0
+
+
+def test_the_daemons_memory_falls_by_the_size_on_a_borrow_and_comes_back(pen):
+    assert pen.held_memfd_bytes() == 4 * CHUNK
+    shmem, available = meminfo("Shmem"), meminfo("MemAvailable")
+    job = hold(pen)
+    assert pen.held_memfd_bytes() == 3 * CHUNK
+    # The machine sees it too: shared memory down, available memory up, by the size
+    # (the kernel folds its per-CPU counters into /proc/meminfo within a second or so).
+    wait_until(lambda: abs((shmem - meminfo("Shmem")) - CHUNK) < CHUNK // 8, "Shmem to fall")
+    wait_until(lambda: abs((meminfo("MemAvailable") - available) - CHUNK) < CHUNK // 4,
+               "MemAvailable to rise by the size")
+    release(job)
+    pen.wait_full()
+    assert pen.held_memfd_bytes() == 4 * CHUNK
+    wait_until(lambda: abs(meminfo("Shmem") - shmem) < CHUNK // 8, "Shmem to come back")
+
+
+def test_fd_mode_hands_over_a_memfd_the_client_can_map_and_write(pen):
+    check = ("import mmap, os\n"
+             "fd = int(os.environ['HOLDINGPEN_MEMORY_FD'])\n"
+             "st = os.fstat(fd)\n"
+             "m = mmap.mmap(fd, st.st_size)\n"
+             "m[-5:] = b'hello'\n"
+             "print(st.st_size, st.st_blocks * 512, m[-5:].decode(), os.readlink(f'/proc/self/fd/{fd}'))\n")
+    done = pen.run(["gatekeeper", "--fd", "/usr/bin/python3", "-c", check])
+    assert done.returncode == 0, done.stderr
+    size, allocated, tail, target = done.stdout.split(None, 3)
+    assert (int(size), int(allocated), tail) == (CHUNK, CHUNK, "hello")
+    assert target.startswith("/memfd:holdingpen-memory")
+    pen.wait_full()
+
+
+def test_disk_space_moves_by_the_size(pen):
+    name = f"disk:{pen.disk}"
+
+    def free_bytes():
+        st = os.statvfs(pen.disk)
+        return st.f_bavail * st.f_frsize
+
+    before = free_bytes()
+    job = hold(pen, "--kind", "disk")
+    assert pen.pool(name)["lent"] == 1
+    assert abs((free_bytes() - before) - CHUNK) < CHUNK // 8
+    release(job)
+    pen.wait_full(name)
+    assert abs(free_bytes() - before) < CHUNK // 8
+    assert os.listdir(pen.disk) == []          # unnamed files: nothing to clean up, ever
+
+
+def test_disk_fd_mode_hands_over_allocated_blocks(pen):
+    check = "st=$(stat -L -c '%s %b %B' /proc/$$/fd/$HOLDINGPEN_DISK_FD); echo $st"
+    done = pen.run(["gatekeeper", "--kind", f"disk:{pen.disk}", "--fd", "sh", "-c", check])
+    size, blocks, block_size = (int(x) for x in done.stdout.split())
+    assert size == CHUNK and blocks * block_size >= CHUNK      # allocated, not sparse
+
+
+def test_a_loan_lasts_while_anything_holds_the_connection(pen, shared_tmp):
+    bg = shared_tmp / "bg"
+    done = pen.run(["gatekeeper", "sh", "-c", f"sleep 60 >/dev/null 2>&1 & echo $! > {bg}"])
+    assert done.returncode == 0
+    left = int(bg.read_text())
+    try:
+        assert pen.pool()["lent"] == 1         # the background sleep inherited the connection
+    finally:
+        os.kill(left, signal.SIGKILL)
+    wait_until(lambda: pen.pool()["lent"] == 0, "the loan to end with its last holder")
+
+
+def test_sd_notify(pen):
+    lines = pen.notify.lines()
+    assert lines.index("READY=1") > max(i for i, line in enumerate(lines)
+                                        if line.startswith("EXTEND_TIMEOUT_USEC="))
+    assert pen.notify.last("STATUS=") == \
+        f"STATUS=memory 4/4 held (256 MiB); disk {pen.disk} 2/2 held (128 MiB)"
+    stored = [(text, n) for text, n in pen.notify.messages if text.startswith("FDSTORE=1")]
+    assert ("FDSTORE=1\nFDNAME=state", 1) in stored
+    assert sum(1 for text, n in stored if "FDNAME=chunk." in text and n == 1) == 6
+    job = hold(pen)
+    wait_until(lambda: (pen.notify.last("STATUS=") or "").startswith(
+        "STATUS=memory 3/4 held (192 MiB), 1 lent to "), "STATUS= to show the loan")
+    release(job)
+    os.kill(pen.pid, signal.SIGHUP)
+    wait_until(lambda: "RELOADING=1" in pen.notify.lines(), "RELOADING=1")
+    wait_until(lambda: pen.notify.lines().count("READY=1") == 2, "READY=1 after the reload")
+    os.kill(pen.pid, signal.SIGTERM)
+    assert pen.proc.wait(30) == 0
+    assert "STOPPING=1" in pen.notify.lines()
+
+
+def test_watchdog(bindir, shared_tmp):
+    env = dict(os.environ, WATCHDOG_USEC="200000")
+    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", memory_count=1), env=env)
+    try:
+        wait_until(lambda: p.notify.lines().count("WATCHDOG=1") >= 3, "three watchdog pings")
+    finally:
+        assert p.stop() == 0
+
+
+def test_socket_activation(bindir, shared_tmp):
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.skip("systemd-socket-activate is not installed")
+    sock = str(shared_tmp / "activated.sock")
+    config = write_config(shared_tmp / "pool.toml", memory_count=1)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", HOLDINGPEN_SOCKET=sock)
+    activator = subprocess.Popen(["systemd-socket-activate", "-l", sock, "--fdname=listen",
+                                  "holdingpen", "serve", "--config", str(config)],
+                                 env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: os.path.exists(sock), "the socket to be bound")
+        status = json.loads(subprocess.run(["holdingpen", "status", "--json"], env=env,
+                                           capture_output=True, text=True, timeout=30).stdout)
+        assert status["pools"][0]["count"] == 1
+        done = subprocess.run(["gatekeeper", "--strict", "true"], env=env, timeout=30)
+        assert done.returncode == 0
+    finally:
+        activator.send_signal(signal.SIGTERM)
+        activator.wait(30)
+        activator.stderr.close()
+
+
+def test_status_text(pen):
+    job = hold(pen)
+    try:
+        done = pen.run(["holdingpen", "status"])
+        lines = done.stdout.splitlines()
+        assert lines[0] == "memory: 3/4 held, 1 lent, 64 MiB each"
+        assert lines[1] == f"disk:{pen.disk}: 2/2 held, 0 lent, 64 MiB each"
+        header, row = lines[3].split(), lines[4].split()
+        assert header == ["USER", "UID", "PID", "COMMAND", "KIND", "SIZE", "SINCE"]
+        assert row[:7] == [os.environ.get("USER", "root"), str(os.getuid()), str(job.pid),
+                           row[3], "memory", "64", "MiB"]
+    finally:
+        release(job)
+
+
+def test_a_bad_config_stops_the_daemon_from_starting(bindir, shared_tmp):
+    bad = shared_tmp / "bad.toml"
+    bad.write_text('[memory]\nsize = "lots"\n')
+    done = subprocess.run(["holdingpen", "serve", "--config", str(bad), "--socket",
+                           str(shared_tmp / "s")], env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 78
+    assert done.stderr == f"holdingpen: {bad}: memory.size: expected a size like \"2G\", not 'lots'\n"
+    assert not (shared_tmp / "s").exists()
+
+
+def test_a_second_daemon_does_not_steal_the_socket(pen, bindir):
+    done = pen.run(["holdingpen", "serve", "--socket", pen.socket])
+    assert done.returncode == 73
+    assert "another daemon is listening on" in done.stderr
+    assert pen.pool()["held"] == 4
+
+
+def test_client_waits_then_time_out_on_silence(bindir, shared_tmp):
+    cfg = write_config(shared_tmp / "pool.toml", memory_count=1,
+                       extra="[limits]\nrequest_timeout_s = 0.3\n")
+    p = Pen(bindir, shared_tmp, cfg)
+    try:
+        with connect(p.socket) as s:
+            start = time.monotonic()
+            reply = json.loads(read_line(s))
+            assert time.monotonic() - start >= 0.3
+            assert (reply["ok"], reply["error"]) == (False, "timeout")
+            assert s.recv(1) == b""            # and then the daemon hangs up
+    finally:
+        assert p.stop() == 0
