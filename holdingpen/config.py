@@ -108,11 +108,13 @@ def parse(data, source):
     for i, disk in enumerate(disks):
         key = f"disk[{i}]"
         path = disk.get("path")
-        if not isinstance(path, str) or not os.path.isabs(path):
+        # A NUL would reach os.stat() and os.open() as ValueError, not OSError.
+        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
             raise ConfigError(f"{source}: {key}.path: expected an absolute directory path, not {path!r}")
-        path = os.path.normpath(path)
+        # normpath keeps a leading "//" (POSIX leaves it open); on Linux it is "/".
+        path = "/" + os.path.normpath(path).lstrip("/")
         if path in seen:
-            raise ConfigError(f"{source}: {key}.path: {path} is listed twice")
+            raise ConfigError(f"{source}: {key}.path: {_show(path)} is listed twice")
         seen.add(path)
         pools.append(_pool(disk, DISK, path, source, key, default_size=None, default_count=1))
     return Config(pools, source, _limits(doc.get(LIMITS, {}), source))
@@ -149,5 +151,10 @@ def _pool(table, kind, path, source, key, default_size, default_count):
 def _only(table, allowed, source, prefix):
     for name in table:
         if name not in allowed:
-            raise ConfigError(f"{source}: {prefix}{name}: unknown key; expected one of "
+            raise ConfigError(f"{source}: {prefix}{_show(name)}: unknown key; expected one of "
                               f"{', '.join(sorted(allowed))}")
+
+
+def _show(text):
+    """text, or its repr if it would break the error's one line (TOML keys may hold newlines)."""
+    return text if text.isprintable() else repr(text)

@@ -1,0 +1,281 @@
+"""The configuration file, driven directly: bytes in, pools or one line of error out."""
+
+import os
+
+import pytest
+
+from holdingpen import config
+from holdingpen.config import MAX_COUNT, ConfigError, PoolSpec, load, parse
+
+SOURCE = "/etc/holdingpen/holdingpen.toml"
+GiB = 1073741824
+MiB = 1048576
+
+# The example in config.py's docstring, as an administrator would write it.
+EXAMPLE = b"""\
+[memory]
+size = "2G"          # one reservation; a bare integer is bytes; K, M, G, T are binary
+count = 2
+
+[[disk]]
+path = "/var/tmp"    # reserve space on the filesystem holding this directory
+size = "10G"
+count = 1
+
+[limits]
+request_timeout_s = 10   # a client that says nothing for this long is dropped
+"""
+
+
+def memory(size_bytes=256 * MiB, count=1):
+    return PoolSpec("memory", size_bytes, count)
+
+
+def disk(path, size_bytes, count=1):
+    return PoolSpec("disk", size_bytes, count, path)
+
+
+GOOD = [
+    ("no file at all", b"", [memory()]),
+    ("only comments", b"# nothing to say\n\n", [memory()]),
+    ("the example", EXAMPLE, [memory(2 * GiB, 2), disk("/var/tmp", 10 * GiB)]),
+    ("memory size alone", b'[memory]\nsize = "1G"\n', [memory(GiB, 1)]),
+    ("memory count alone", b"[memory]\ncount = 3\n", [memory(256 * MiB, 3)]),
+    ("no memory reserved", b"[memory]\ncount = 0\n", [memory(256 * MiB, 0)]),
+    ("the most", b"[memory]\ncount = %d\n" % MAX_COUNT, [memory(256 * MiB, MAX_COUNT)]),
+    ("bytes as a TOML integer", b"[memory]\nsize = 1048576\n", [memory(MiB, 1)]),
+    ("an empty [memory]", b"[memory]\n", [memory()]),
+    ("no disks", b"disk = []\n", [memory()]),
+    ("disk count defaults to 1", b'[[disk]]\npath = "/srv"\nsize = "1G"\n', [memory(), disk("/srv", GiB)]),
+    ("disk path normalised", b'[[disk]]\npath = "/var/tmp/"\nsize = "1G"\n',
+     [memory(), disk("/var/tmp", GiB)]),
+    ("a leading // is /", b'[[disk]]\npath = "//srv"\nsize = "1G"\n', [memory(), disk("/srv", GiB)]),
+    ("disks in file order", b'[[disk]]\npath = "/var/tmp"\nsize = "1G"\ncount = 2\n'
+                            b'[[disk]]\npath = "/srv"\nsize = "5G"\n',
+     [memory(), disk("/var/tmp", GiB, 2), disk("/srv", 5 * GiB)]),
+    ("disks as inline tables", b'disk = [{path = "/srv", size = "1G"}]\n', [memory(), disk("/srv", GiB)]),
+    ("a disk reserving nothing", b'[[disk]]\npath = "/srv"\nsize = "1G"\ncount = 0\n',
+     [memory(), disk("/srv", GiB, 0)]),
+]
+
+
+@pytest.mark.parametrize("why, data, pools", GOOD, ids=[g[0] for g in GOOD])
+def test_parse(why, data, pools):
+    cfg = parse(data, SOURCE)
+    assert cfg.pools == pools
+    assert cfg.source == SOURCE
+
+
+def test_pool_names():
+    cfg = parse(EXAMPLE, SOURCE)
+    assert [p.name for p in cfg.pools] == ["memory", "disk:/var/tmp"]
+
+
+LIMITS = [
+    (b"", {"request_timeout_s": 10.0}),
+    (b"[limits]\n", {"request_timeout_s": 10.0}),
+    (b"[limits]\nrequest_timeout_s = 2.5\n", {"request_timeout_s": 2.5}),
+    (b"[limits]\nrequest_timeout_s = 1\n", {"request_timeout_s": 1.0}),
+    (b"[limits]\nrequest_timeout_s = 3600\n", {"request_timeout_s": 3600.0}),
+]
+
+
+@pytest.mark.parametrize("data, limits", LIMITS)
+def test_limits(data, limits):
+    assert parse(data, SOURCE).limits == limits
+
+
+def disk_file(*paths):
+    return b"".join(b'[[disk]]\npath = "%s"\nsize = "1G"\n' % p for p in paths)
+
+
+# (what is wrong, file, the key named, what the message says is wrong)
+ERRORS = [
+    ("bad TOML", b"[memory\n", None, "not valid TOML", "line 1"),
+    ("bad TOML further down", b'[memory]\nsize = "2G"\nsize = "3G"\n', None, "not valid TOML", "line 3"),
+    ("a bare word", b"[memory]\nsize = 2G\n", None, "not valid TOML", "line 2"),
+    ("not UTF-8", b'[memory]\nsize = "2G\xff"\n', None, "not UTF-8", ""),
+    ("UTF-16", "[memory]\n".encode("utf-16"), None, "not UTF-8", ""),
+    ("unknown top-level key", b'[memroy]\nsize = "2G"\n', "memroy", "unknown key",
+     "expected one of disk, limits, memory"),
+    ("top-level size", b'size = "2G"\n', "size", "unknown key", "disk, limits, memory"),
+    ("unknown key in [memory]", b'[memory]\nsise = "2G"\n', "memory.sise", "unknown key",
+     "expected one of count, size"),
+    ("path in [memory]", b'[memory]\npath = "/var/tmp"\n', "memory.path", "unknown key", "count, size"),
+    ("unknown key in [[disk]]", disk_file(b"/srv") + b"cont = 2\n", "disk[0].cont", "unknown key",
+     "expected one of count, path, size"),
+    ("unknown key in the second disk", disk_file(b"/srv", b"/var/tmp") + b"sizes = 1\n",
+     "disk[1].sizes", "unknown key", ""),
+    ("disk size missing", b'[[disk]]\npath = "/srv"\n', "disk[0].size", "missing", 'size = "10G"'),
+    ("bad memory size", b'[memory]\nsize = "lots"\n', "memory.size", "expected a size", "'lots'"),
+    ("zero size", b'[memory]\nsize = "0"\n', "memory.size", "positive whole number", "'0'"),
+    ("negative size", b"[memory]\nsize = -1\n", "memory.size", "positive whole number", "-1"),
+    ("fractional bytes", b'[memory]\nsize = "1.3"\n', "memory.size", "whole number", "'1.3'"),
+    ("size as a float", b"[memory]\nsize = 1.5\n", "memory.size", "expected a size", "1.5"),
+    ("size as a bool", b"[memory]\nsize = true\n", "memory.size", "expected a size", "True"),
+    ("size as a table", b"[memory.size]\n", "memory.size", "expected a size", "{}"),
+    ("huge size", b'[memory]\nsize = "8388608T"\n', "memory.size", "at most", "'8388608T'"),
+    ("bad disk size", disk_file(b"/srv").replace(b'"1G"', b'"1X"'), "disk[0].size", "expected a size",
+     "'1X'"),
+    ("count as a string", b'[memory]\ncount = "2"\n', "memory.count", f"from 0 to {MAX_COUNT}", "'2'"),
+    ("count as a bool", b"[memory]\ncount = true\n", "memory.count", "whole number", "True"),
+    ("count as a float", b"[memory]\ncount = 2.0\n", "memory.count", "whole number", "2.0"),
+    ("negative count", b"[memory]\ncount = -1\n", "memory.count", "from 0 to", "-1"),
+    ("count over the most", b"[memory]\ncount = %d\n" % (MAX_COUNT + 1), "memory.count", "from 0 to",
+     str(MAX_COUNT + 1)),
+    ("disk count", disk_file(b"/srv") + b"count = 1e3\n", "disk[0].count", "whole number", "1000.0"),
+    ("relative disk path", disk_file(b"var/tmp"), "disk[0].path", "absolute directory path",
+     "'var/tmp'"),
+    ("dot path", disk_file(b"."), "disk[0].path", "absolute", "'.'"),
+    ("empty disk path", disk_file(b""), "disk[0].path", "absolute", "''"),
+    ("disk path missing", b'[[disk]]\nsize = "1G"\n', "disk[0].path", "absolute", "None"),
+    ("disk path not a string", b'[[disk]]\npath = 5\nsize = "1G"\n', "disk[0].path", "absolute", "5"),
+    ("disk path with a NUL", disk_file(b"/var/tmp\\u0000x"), "disk[0].path", "absolute directory path",
+     "'/var/tmp\\x00x'"),
+    ("duplicate disk", disk_file(b"/var/tmp", b"/var/tmp"), "disk[1].path", "/var/tmp is listed twice",
+     ""),
+    ("duplicate after a slash", disk_file(b"/var/tmp", b"/var/tmp/"), "disk[1].path", "listed twice",
+     ""),
+    ("duplicate after a dot", disk_file(b"/srv", b"/var/tmp", b"/var/./tmp"), "disk[2].path",
+     "listed twice", ""),
+    ("duplicate after ..", disk_file(b"/var/tmp", b"/var/log/../tmp"), "disk[1].path", "listed twice",
+     ""),
+    ("duplicate after //", disk_file(b"/var/tmp", b"//var/tmp"), "disk[1].path", "listed twice", ""),
+    ("duplicate after ///", disk_file(b"/var/tmp", b"///var//tmp"), "disk[1].path", "listed twice", ""),
+    ("memory not a table", b"memory = 5\n", "memory", "expected a table", "[memory]"),
+    ("memory as a string", b'memory = "2G"\n', "memory", "expected a table", ""),
+    ("memory as an array of tables", b"[[memory]]\ncount = 1\n", "memory", "expected a table", ""),
+    ("disk as a string", b'disk = "/var/tmp"\n', "disk", "expected tables", "[[disk]]"),
+    ("disk as a table", b'[disk]\npath = "/srv"\nsize = "1G"\n', "disk", "expected tables", "[[disk]]"),
+    ("disk as a list of strings", b'disk = ["/srv"]\n', "disk", "expected tables", ""),
+    ("disk with one bad entry", b'disk = [{path = "/srv", size = "1G"}, 3]\n', "disk", "expected tables",
+     ""),
+    ("limits not a table", b"limits = 5\n", "limits", "expected a table", "[limits]"),
+    ("unknown limit", b"[limits]\ntimeout = 5\n", "limits.timeout", "unknown key", "request_timeout_s"),
+    ("zero timeout", b"[limits]\nrequest_timeout_s = 0\n", "limits.request_timeout_s", "more than 0",
+     "not 0"),
+    ("negative timeout", b"[limits]\nrequest_timeout_s = -1\n", "limits.request_timeout_s", "seconds",
+     "-1"),
+    ("long timeout", b"[limits]\nrequest_timeout_s = 3601\n", "limits.request_timeout_s", "at most 3600",
+     "3601"),
+    ("nan timeout", b"[limits]\nrequest_timeout_s = nan\n", "limits.request_timeout_s", "seconds", "nan"),
+    ("inf timeout", b"[limits]\nrequest_timeout_s = inf\n", "limits.request_timeout_s", "seconds", "inf"),
+    ("timeout as a string", b'[limits]\nrequest_timeout_s = "10"\n', "limits.request_timeout_s",
+     "seconds", "'10'"),
+    ("timeout as a bool", b"[limits]\nrequest_timeout_s = true\n", "limits.request_timeout_s", "seconds",
+     "True"),
+    # A key is whatever TOML allows, newlines included; the error must stay one line.
+    ("a key with a newline", b'"mem\\nory" = 1\n', "'mem\\nory'", "unknown key", ""),
+    ("a [memory] key with a newline", b'[memory]\n"a\\nb" = 1\n', "memory.'a\\nb'", "unknown key",
+     ""),
+    ("a disk path with a newline, twice", disk_file(b"/srv/a\\nb", b"/srv/a\\nb/"), "disk[1].path",
+     "'/srv/a\\nb' is listed twice", ""),
+]
+
+
+@pytest.mark.parametrize("why, data, key, what, detail", ERRORS, ids=[e[0] for e in ERRORS])
+def test_parse_errors_are_one_line_naming_file_key_and_fault(why, data, key, what, detail):
+    with pytest.raises(ConfigError) as e:
+        parse(data, SOURCE)
+    message = str(e.value)
+    assert message.isprintable(), message          # one line, nothing that moves the cursor
+    assert message.startswith(SOURCE + ": ")
+    if key is not None:
+        assert message[len(SOURCE) + 2:].startswith(key), message
+    assert what in message
+    assert detail in message
+
+
+# ---- load(): the file itself ----
+
+
+def test_load_an_explicit_file(tmp_path):
+    path = tmp_path / "holdingpen.toml"
+    path.write_bytes(EXAMPLE)
+    cfg = load(str(path))
+    assert cfg.pools == [memory(2 * GiB, 2), disk("/var/tmp", 10 * GiB)]
+    assert cfg.source == str(path)
+
+
+def test_load_an_empty_explicit_file_gives_defaults_named_by_the_file(tmp_path):
+    path = tmp_path / "holdingpen.toml"
+    path.write_bytes(b"")
+    cfg = load(str(path))
+    assert cfg.pools == [memory()]
+    assert cfg.source == str(path)
+
+
+def test_a_missing_explicit_file_is_an_error(tmp_path):
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    assert str(e.value) == f"{path}: no such file"
+
+
+# load() reads config.DEFAULT_PATH when called; pointing it into tmp_path keeps /etc out of it.
+
+def test_a_missing_default_file_means_defaults(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "absent.toml"))
+    cfg = load()
+    assert cfg.pools == [memory()]
+    assert cfg.limits == {"request_timeout_s": 10.0}
+    assert cfg.source == "(defaults)"
+
+
+def test_a_present_default_file_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "holdingpen.toml"
+    path.write_bytes(b'[memory]\nsize = "1G"\n')
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(path))
+    cfg = load()
+    assert cfg.pools == [memory(GiB, 1)]
+    assert cfg.source == str(path)
+
+
+def test_a_bad_default_file_is_an_error_not_defaults(tmp_path, monkeypatch):
+    path = tmp_path / "holdingpen.toml"
+    path.write_bytes(b"[memory]\ncount = -1\n")
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(path))
+    with pytest.raises(ConfigError) as e:
+        load()
+    assert str(e.value).startswith(f"{path}: memory.count: ")
+
+
+def loop(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    return tmp_path / "loop"
+
+
+UNREADABLE = [
+    ("a directory", lambda tmp_path: tmp_path, "Is a directory"),
+    ("a symlink loop", loop, "Too many levels of symbolic links"),
+    ("under a file", lambda tmp_path: (tmp_path / "f").write_text("") or tmp_path / "f" / "x.toml",
+     "Not a directory"),
+]
+
+
+@pytest.mark.parametrize("explicit", [True, False], ids=["explicit", "default"])
+@pytest.mark.parametrize("why, make, strerror", UNREADABLE, ids=[u[0] for u in UNREADABLE])
+def test_an_unreadable_file_is_an_error(tmp_path, monkeypatch, why, make, strerror, explicit):
+    path = str(make(tmp_path))
+    monkeypatch.setattr(config, "DEFAULT_PATH", path)
+    with pytest.raises(ConfigError) as e:
+        load(path if explicit else None)
+    assert str(e.value) == f"{path}: cannot read it: {strerror}"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
+def test_a_file_without_read_permission_is_an_error(tmp_path):
+    path = tmp_path / "holdingpen.toml"
+    path.write_bytes(EXAMPLE)
+    path.chmod(0)
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    assert str(e.value) == f"{path}: cannot read it: Permission denied"
+
+
+def test_load_errors_in_the_file_name_it(tmp_path):
+    path = tmp_path / "holdingpen.toml"
+    path.write_bytes(b"\xff\xfe[memory]\n")
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    assert str(e.value) == f"{path}: not UTF-8 text"
