@@ -74,7 +74,8 @@ def decode_request(line):
         raise ProtocolError(TOO_LONG, f"a request is one line of at most {MAX_LINE_BYTES} bytes")
     try:
         fields = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    # RecursionError: "[" * 1000 fits in a line and exhausts the decoder's stack.
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError(BAD_REQUEST, "a request is one line of JSON") from None
     if not isinstance(fields, dict):
         raise ProtocolError(BAD_REQUEST, "a request is a JSON object")
@@ -115,7 +116,7 @@ def decode_reply(line):
     """
     try:
         fields = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):    # as in decode_request
         raise ProtocolError(BAD_REQUEST, "the daemon's reply is not JSON") from None
     if not isinstance(fields, dict) or not isinstance(fields.get("ok"), bool):
         raise ProtocolError(BAD_REQUEST, "the daemon's reply has no \"ok\"")
