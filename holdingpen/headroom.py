@@ -19,7 +19,11 @@ def parse_meminfo(text):
         name, _, rest = line.partition(":")
         parts = rest.split()
         if parts and parts[0].isdigit():
-            fields[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+            try:
+                value = int(parts[0])
+            except ValueError:    # "²" is a digit to isdigit(), not to int(); or over 4300 digits
+                continue
+            fields[name] = value * (1024 if parts[1:] == ["kB"] else 1)
     return fields
 
 
