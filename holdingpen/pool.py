@@ -165,4 +165,6 @@ def status_line(pools):
         if pool.shortfall:
             part += f", short: {pool.shortfall}"
         parts.append(part)
-    return "; ".join(parts)
+    # Escape what is not printable: the borrower names its command, and sd_notify
+    # takes a newline as the start of another assignment ("x\nSTOPPING=1").
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in "; ".join(parts))
