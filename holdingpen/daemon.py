@@ -515,7 +515,7 @@ class Daemon:
                             facts.get("handed_fd", False))
                 loan_id = self.next_loan
                 self.next_loan += 1
-                pool.adopt_loan(loan_id, loan)
+                self._release(pool, pool.adopt_loan(loan_id, loan))
                 conn = _Conn(sock, peer, None)
                 conn.loan = (pool.name, loan_id, name)
                 self.conns[sock.fileno()] = conn

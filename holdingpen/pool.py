@@ -107,10 +107,11 @@ class Pool:
         self.held.insert(0, chunk)
 
     def adopt_loan(self, loan_id, loan):
-        """A loan kept across a restart."""
+        """A loan kept across a restart. Returns held chunks to release (beyond count)."""
         if loan_id in self.loans:
             raise IllegalTransition(f"{self.name}: loan {loan_id} exists already")
         self.loans[loan_id] = loan
+        return self._surplus()
 
     def returned(self, loan_id):
         """The borrower's connection closed."""
