@@ -7,11 +7,17 @@ A Container is the host's own root file system, booted as a separate machine:
     setpriv --pdeathsig TERM                 our death (even SIGKILL) stops nspawn
       unshare -m --propagation private       the mounts below never reach the host
         sh: join harness.<owner>.<name> cgroups, mount tmpfs + overlay(lowerdir=/)
-          systemd-nspawn --boot -D <overlay>  PID 1 is the container's systemd
+          loop: setpriv --pdeathsig TERM     the shell's death stops nspawn too
+                  systemd-nspawn --boot -D <overlay>   PID 1 is the container's systemd
 
 Everything the container writes lands in the tmpfs upper layer, so it is
 gone when the container stops; the checkout comes in read-only through
---bind-ro. Commands run inside through nsenter into PID 1's namespaces, as
+--bind-ro. The shell outlives each nspawn: when the machine reboots, nspawn
+exits with status 133 and the shell boots it again on the same overlay, so
+what was installed and configured survives the reboot (Container.reboot()).
+SIGTERM to the shell goes on to nspawn, which halts the machine.
+
+Commands run inside through nsenter into PID 1's namespaces, as
 root or, via setpriv, as an ordinary user. Files can be read and written
 from the host through /proc/<PID 1>/root.
 
@@ -54,7 +60,20 @@ mount -t tmpfs tmpfs "$base"
 mkdir "$base/upper" "$base/work" "$base/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$base/root"
 for unit in $MASKED_UNITS; do ln -sf /dev/null "$base/root/etc/systemd/system/$unit"; done
-exec systemd-nspawn -D "$base/root" "$@"
+set +e
+# The mounts live as long as this namespace, so the shell stays, and boots the
+# machine again each time nspawn exits with 133 ("the container asked to reboot").
+halt= nspawn=
+trap 'halt=1; [ -z "$nspawn" ] || kill -TERM "$nspawn" 2>/dev/null' TERM INT
+while :; do
+    setpriv --pdeathsig TERM systemd-nspawn -D "$base/root" "$@" &
+    nspawn=$!
+    [ -z "$halt" ] || kill -TERM "$nspawn"          # a SIGTERM came before $! was set
+    wait "$nspawn"; status=$?
+    # A trapped signal interrupts wait (status > 128): wait again for nspawn's own status.
+    while kill -0 "$nspawn" 2>/dev/null; do wait "$nspawn"; status=$?; done
+    [ "$status" -eq 133 ] && [ -z "$halt" ] || exit "$status"
+done
 """
 
 
@@ -87,7 +106,7 @@ class Container:
         self.base_dir = RUN_DIR / stem
         self.log_path = RUN_DIR / f"{stem}.log"
         self.cgroups = [root / f"harness.{stem}" for root in CGROUP_ROOTS]
-        self.nspawn = None
+        self.shell = None    # setpriv -> unshare -> sh: runs nspawn once per boot
         self.pid1 = None
 
     def __enter__(self):
@@ -122,24 +141,44 @@ class Container:
                 *[str(c / "cgroup.procs") for c in self.cgroups], "--", *nspawn_args]
         env = dict(os.environ, MASKED_UNITS=" ".join(MASKED_UNITS))
         with open(self.log_path, "wb") as log:
-            self.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, env=env)
+            self.shell = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.boot_timeout_s
         self.pid1 = self._wait_for_pid1(deadline)
         self._wait_until_running(deadline)
 
-    def _wait_for_pid1(self, deadline):
-        # nspawn's child that is PID 1 of a new pid namespace ("NSpid: <host> 1").
-        children = Path(f"/proc/{self.nspawn.pid}/task/{self.nspawn.pid}/children")
+    def reboot(self, timeout_s=None):
+        """Reboot the machine as an admin would (systemctl reboot); wait until it is "running".
+
+        The file system survives (it is the same overlay); /run and /tmp start
+        empty, as on a real machine, and so does every process. Stop your Jobs
+        first: one that outlives SIGTERM holds up the shutdown for systemd's
+        90 s (seen: "Waiting for process: 128 (journalctl)").
+
+        Raises:
+            ContainerError: the old boot did not end, or the new one did not reach "running".
+        """
+        timeout_s = self.boot_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        old_pid1 = self.pid1
+        self.run(["systemctl", "reboot", "--no-block"])
+        while _pid_alive(old_pid1) and _namespace_pids(old_pid1)[-1:] == [1]:
+            self._check_shell_alive()
+            if time.monotonic() > deadline:
+                raise ContainerError(f"{self.name}: still up {timeout_s} s after "
+                                     f"'systemctl reboot'{self._log_tail()}")
+            time.sleep(POLL_INTERVAL_S)
+        self.pid1 = self._wait_for_pid1(deadline, not_pid=old_pid1)
+        self._wait_until_running(deadline)
+
+    def _wait_for_pid1(self, deadline, not_pid=None):
+        # The process below the shell that is PID 1 of a new pid namespace
+        # ("NSpid: <host> 1"): nspawn's child, the shell's grandchild.
         while time.monotonic() < deadline:
-            self._check_nspawn_alive()
-            try:
-                pids = children.read_text().split()
-            except FileNotFoundError:
-                pids = []
-            for pid in map(int, pids):
+            self._check_shell_alive()
+            for pid in _descendants(self.shell.pid, depth=3):
                 ns_pids = _namespace_pids(pid)
-                if len(ns_pids) > 1 and ns_pids[-1] == 1:
+                if len(ns_pids) > 1 and ns_pids[-1] == 1 and pid != not_pid:
                     return pid
             time.sleep(POLL_INTERVAL_S)
         raise ContainerError(f"{self.name}: no PID 1 after {self.boot_timeout_s} s"
@@ -148,7 +187,7 @@ class Container:
     def _wait_until_running(self, deadline):
         state = ""
         while time.monotonic() < deadline:
-            self._check_nspawn_alive()
+            self._check_shell_alive()
             # Fails until PID 1 serves its private socket; then starting -> running.
             state = self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
             if state == "running":
@@ -160,10 +199,10 @@ class Container:
         raise ContainerError(f"{self.name}: not running after {self.boot_timeout_s} s "
                              f"(state {state!r}){self._log_tail()}")
 
-    def _check_nspawn_alive(self):
-        if self.nspawn.poll() is not None:
+    def _check_shell_alive(self):
+        if self.shell.poll() is not None:
             raise ContainerError(f"{self.name}: systemd-nspawn exited with status "
-                                 f"{self.nspawn.returncode}{self._log_tail()}")
+                                 f"{self.shell.returncode}{self._log_tail()}")
 
     def _log_tail(self, lines=30):
         try:
@@ -174,14 +213,15 @@ class Container:
 
     def stop(self, timeout_s=10.0):
         """Halt the machine and remove everything it left on the host."""
-        if self.nspawn is not None and self.nspawn.poll() is None:
-            # nspawn turns SIGTERM into SIGRTMIN+3 for PID 1: a clean halt.
-            self.nspawn.terminate()
+        if self.shell is not None and self.shell.poll() is None:
+            # The shell passes SIGTERM to nspawn, which turns it into
+            # SIGRTMIN+3 for PID 1: a clean halt. The shell waits for it.
+            self.shell.terminate()
             try:
-                self.nspawn.wait(timeout_s)
+                self.shell.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.nspawn.kill()
-                self.nspawn.wait()
+                self.shell.kill()      # nspawn's pdeathsig stops it; _remove_leftovers the rest
+                self.shell.wait()
         _remove_leftovers(self.cgroups, self.base_dir, self.name)
         self.pid1 = None
 
@@ -340,6 +380,22 @@ def _namespace_pids(host_pid):
     except (FileNotFoundError, ProcessLookupError):
         pass
     return []
+
+
+def _descendants(pid, depth):
+    """pid's children, grandchildren, ... down to depth generations."""
+    found, generation = [], [pid]
+    for _ in range(depth):
+        children = []
+        for parent in generation:
+            try:
+                text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+                children += map(int, text.split())
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        found += children
+        generation = children
+    return found
 
 
 def _pid_alive(pid):
