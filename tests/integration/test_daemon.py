@@ -160,9 +160,13 @@ def test_socket_activation(bindir, shared_tmp):
                                  env=env, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: os.path.exists(sock), "the socket to be bound")
-        status = json.loads(subprocess.run(["holdingpen", "status", "--json"], env=env,
-                                           capture_output=True, text=True, timeout=30).stdout)
-        assert status["pools"][0]["count"] == 1
+
+        def pool():
+            return json.loads(subprocess.run(["holdingpen", "status", "--json"], env=env,
+                                             capture_output=True, text=True, timeout=30).stdout)["pools"][0]
+
+        assert pool()["count"] == 1             # the first connection started the daemon
+        wait_until(lambda: pool()["held"] == 1, "the activated daemon to fill its pool")
         done = subprocess.run(["gatekeeper", "--strict", "true"], env=env, timeout=30)
         assert done.returncode == 0
     finally:
