@@ -125,7 +125,13 @@ def adopt(fd, lock):
     return chunk
 
 
-def filesystem_of(chunk_or_fd):
-    """The st_dev of a chunk's filesystem: which disk pool an adopted chunk belongs to."""
-    fd = chunk_or_fd.fd if isinstance(chunk_or_fd, Chunk) else chunk_or_fd
-    return os.fstat(fd).st_dev
+def same_filesystem(chunk, directory):
+    """Whether an adopted disk chunk lies on directory's filesystem.
+
+    Compared by statvfs's f_fsid, not st_dev: on overlayfs a directory and an
+    unnamed file in it report different st_dev.
+    """
+    try:
+        return os.fstatvfs(chunk.fd).f_fsid == os.statvfs(directory).f_fsid
+    except OSError:
+        return False

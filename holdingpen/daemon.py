@@ -481,13 +481,6 @@ class Daemon:
 
     def _adopt(self):
         """Take back what systemd kept for us across a restart."""
-        by_dev = {}
-        for pool in self.pools.values():
-            if pool.spec.kind == chunks.DISK:
-                try:
-                    by_dev[os.stat(pool.spec.path).st_dev] = pool
-                except OSError:
-                    pass
         chunks_n = loans_n = dropped = 0
         for name, fd, facts in self.store.passed:
             pool = self.pools.get((facts or {}).get("pool"))
@@ -498,7 +491,7 @@ class Daemon:
                     chunk = None
                 if chunk is not None and (chunk.kind == pool.spec.kind == chunks.MEMORY or (
                         chunk.kind == pool.spec.kind == chunks.DISK
-                        and by_dev.get(chunks.filesystem_of(chunk)) is pool)):
+                        and chunks.same_filesystem(chunk, pool.spec.path))):
                     self.chunk_names[id(chunk)] = name
                     self._release(pool, pool.adopt_chunk(chunk, chunk.size_bytes))
                     chunks_n += 1
