@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pen import CHUNK, Pen, connect, meminfo, read_line, write_config
+from pen import CHUNK, MiB, Pen, connect, meminfo, read_line, write_config
 from lockjobs import wait_until
 
 
@@ -52,20 +52,27 @@ def test_borrow_and_return_cycles(pen):
         assert pen.pool()["lent"] == 0
 
 
-def test_the_daemons_memory_falls_by_the_size_on_a_borrow_and_comes_back(pen):
-    assert pen.held_memfd_bytes() == 4 * CHUNK
-    shmem, available = meminfo("Shmem"), meminfo("MemAvailable")
-    job = hold(pen)
-    assert pen.held_memfd_bytes() == 3 * CHUNK
-    # The machine sees it too: shared memory down, available memory up, by the size
-    # (the kernel folds its per-CPU counters into /proc/meminfo within a second or so).
-    wait_until(lambda: abs((shmem - meminfo("Shmem")) - CHUNK) < CHUNK // 8, "Shmem to fall")
-    wait_until(lambda: abs((meminfo("MemAvailable") - available) - CHUNK) < CHUNK // 4,
-               "MemAvailable to rise by the size")
-    release(job)
-    pen.wait_full()
-    assert pen.held_memfd_bytes() == 4 * CHUNK
-    wait_until(lambda: abs(meminfo("Shmem") - shmem) < CHUNK // 8, "Shmem to come back")
+def test_the_daemons_memory_falls_by_the_size_on_a_borrow_and_comes_back(bindir, shared_tmp):
+    # 256 MiB chunks: MemAvailable is the whole machine's, and others move it too.
+    size = 256 * MiB
+    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", memory_count=2, size="256M"))
+    try:
+        p.wait_full()
+        assert p.held_memfd_bytes() == 2 * size
+        shmem, available = meminfo("Shmem"), meminfo("MemAvailable")
+        job = hold(p)
+        assert p.held_memfd_bytes() == size
+        # The machine sees it too: shared memory down, available memory up, by the
+        # size (the kernel folds its per-CPU counters into /proc/meminfo within a second).
+        wait_until(lambda: abs((shmem - meminfo("Shmem")) - size) < size // 8, "Shmem to fall")
+        wait_until(lambda: abs((meminfo("MemAvailable") - available) - size) < size // 4,
+                   "MemAvailable to rise by the size")
+        release(job)
+        p.wait_full()
+        assert p.held_memfd_bytes() == 2 * size
+        wait_until(lambda: abs(meminfo("Shmem") - shmem) < size // 8, "Shmem to come back")
+    finally:
+        assert p.stop() == 0
 
 
 def test_fd_mode_hands_over_a_memfd_the_client_can_map_and_write(pen):
