@@ -161,7 +161,10 @@ class Daemon:
         return self.wait(lambda r: all(p["held"] == p["count"] and not p["reserving"]
                                        for p in r["pools"]), "the pool to be full", **kw)
 
-    def fd_count(self):
+    def fd_count(self, settle_s=0.2):
+        """The daemon's open descriptors, settle_s after our last request (a status
+        connection is closed only just after its reply is sent)."""
+        time.sleep(settle_s)
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def rss_kib(self):
