@@ -11,6 +11,13 @@
 
     [limits]
     request_timeout_s = 10   # a client that says nothing for this long is dropped
+    connections_per_user = 32
+    borrows_per_second = 5   # per user, after a burst of
+    borrow_burst = 10
+
+    [authorize]              # only where polkit is not running
+    users = ["alice"]
+    groups = ["staff"]
 
 Without a file: one memory reservation of 256 MiB and no disk reservation,
 safe on any machine (the daemon also never reserves memory the machine
@@ -29,8 +36,16 @@ MAX_COUNT = 1024      # each reservation is a descriptor in the daemon and in sy
 MEMORY = "memory"
 DISK = "disk"
 LIMITS = "limits"
-# [limits]: how long a client may take to say what it wants.
-DEFAULT_LIMITS = {"request_timeout_s": 10.0}
+AUTHORIZE = "authorize"
+# [limits]: name -> (lowest, highest, type), and the defaults.
+LIMIT_RANGES = {
+    "request_timeout_s": (0.001, 3600, float),   # a client that says nothing is dropped
+    "connections_per_user": (1, 65536, int),     # open at once, per uid (root: no limit)
+    "borrows_per_second": (0.001, 10000, float), # per uid, after a burst of ...
+    "borrow_burst": (1, 10000, int),
+}
+DEFAULT_LIMITS = {"request_timeout_s": 10.0, "connections_per_user": 32,
+                  "borrows_per_second": 5.0, "borrow_burst": 10}
 
 
 class ConfigError(Exception):
@@ -61,10 +76,12 @@ class PoolSpec:
 class Config:
     """The pools to keep, memory first, then each disk in file order; and the limits."""
 
-    def __init__(self, pools, source, limits=None):
+    def __init__(self, pools, source, limits=None, authorize=None):
         self.pools = pools
         self.source = source
         self.limits = dict(DEFAULT_LIMITS) if limits is None else limits
+        # Who may borrow when polkit is not running: nobody but root by default.
+        self.authorize = authorize or {"users": (), "groups": ()}
 
 
 def load(path=None):
@@ -95,7 +112,7 @@ def parse(data, source):
         raise ConfigError(f"{source}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    _only(doc, {MEMORY, DISK, LIMITS}, source, "")
+    _only(doc, {MEMORY, DISK, LIMITS, AUTHORIZE}, source, "")
     memory = doc.get(MEMORY, {})
     if not isinstance(memory, dict):
         raise ConfigError(f"{source}: memory: expected a table ([memory])")
@@ -117,20 +134,40 @@ def parse(data, source):
             raise ConfigError(f"{source}: {key}.path: {_show(path)} is listed twice")
         seen.add(path)
         pools.append(_pool(disk, DISK, path, source, key, default_size=None, default_count=1))
-    return Config(pools, source, _limits(doc.get(LIMITS, {}), source))
+    return Config(pools, source, _limits(doc.get(LIMITS, {}), source),
+                  _authorize(doc.get(AUTHORIZE, {}), source))
 
 
 def _limits(table, source):
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: limits: expected a table ([limits])")
-    _only(table, set(DEFAULT_LIMITS), source, "limits.")
+    _only(table, set(LIMIT_RANGES), source, "limits.")
     limits = dict(DEFAULT_LIMITS)
     for name, value in table.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
-            raise ConfigError(f"{source}: limits.{name}: expected seconds, more than 0 and at most "
-                              f"3600, not {value!r}")
-        limits[name] = float(value)
+        low, high, kind = LIMIT_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+                or (kind is int and value != int(value)):
+            what = ("a whole number" if kind is int else
+                    "seconds" if name.endswith("_s") else "a number")
+            raise ConfigError(f"{source}: limits.{name}: expected {what} from {low:g} to {high:g}, "
+                              f"not {value!r}")
+        limits[name] = kind(value)
     return limits
+
+
+def _authorize(table, source):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: authorize: expected a table ([authorize])")
+    _only(table, {"users", "groups"}, source, "authorize.")
+    lists = {}
+    for key in ("users", "groups"):
+        names = table.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) and n and n.isprintable()
+                                                  for n in names):
+            raise ConfigError(f"{source}: authorize.{key}: expected a list of names, "
+                              f"e.g. [\"alice\"], not {names!r}")
+        lists[key] = tuple(names)
+    return lists
 
 
 def _pool(table, kind, path, source, key, default_size, default_count):

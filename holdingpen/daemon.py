@@ -38,36 +38,72 @@ FILL_RATE_FLOOR_BPS = 256 << 20   # slowest fill we plan for, to ask systemd for
 COMMAND_REFRESH_S = 2.0       # how often loans' commands are read again from /proc
 
 
+_SO_PEERPIDFD = 77     # Linux 6.5: a pidfd for the very process that connected
+
+
 class Peer:
-    """A client as the kernel describes it."""
+    """A client as the kernel describes it: SO_PEERCRED, and a pidfd to know it is still there."""
 
-    __slots__ = ("pid", "uid", "gid", "user", "comm")
+    __slots__ = ("pid", "uid", "gid", "user", "comm", "start_time", "pidfd")
 
-    def __init__(self, pid, uid, gid, comm):
+    def __init__(self, pid, uid, gid, comm, start_time=None, pidfd=None):
         self.pid, self.uid, self.gid, self.comm = pid, uid, gid, comm
+        self.start_time, self.pidfd = start_time, pidfd
         try:
             self.user = pwd.getpwuid(uid).pw_name
         except KeyError:
             self.user = str(uid)
 
+    def alive(self):
+        """Whether the connected process still runs (so its pid is still its own)."""
+        if self.pidfd is None:
+            return False
+        import select
+        return not select.select([self.pidfd], [], [], 0)[0]   # a pidfd reads ready at exit
+
+    def close(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
 
 def peer_of(sock, proc="/proc"):
+    """Who is at the other end, from the kernel; and its start time, for polkit.
+
+    The pidfd comes from SO_PEERPIDFD where the kernel has it, so it is the
+    process that connected even if its pid was reused since; elsewhere from
+    pidfd_open(pid), a moment later. The start time is read while the pidfd
+    says the process is alive, so it belongs to that process.
+    """
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     try:
-        with open(f"{proc}/{pid}/comm") as f:
-            comm = f.read().strip()
+        pidfd = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERPIDFD)
     except OSError:
-        comm = "?"
-    return Peer(pid, uid, gid, comm)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None
+    peer = Peer(pid, uid, gid, "?", None, pidfd)
+    try:
+        with open(f"{proc}/{pid}/comm") as f:
+            peer.comm = f.read().strip()
+        with open(f"{proc}/{pid}/stat") as f:
+            peer.start_time = int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        pass
+    if peer.start_time is None or not peer.alive():
+        peer.close()           # gone already: it will not be authorized
+    return peer
 
 
 def allow_connected(peer, pool_name):
-    """Until polkit decides: whoever can open the socket (its file mode) may borrow."""
+    """Whoever can open the socket may borrow (tests, and runs by hand)."""
     return True, ""
 
 
 class _Conn:
-    __slots__ = ("sock", "peer", "inbox", "outbox", "deadline", "loan", "close_when_sent")
+    __slots__ = ("sock", "peer", "inbox", "outbox", "deadline", "loan", "close_when_sent",
+                 "counted")
 
     def __init__(self, sock, peer, deadline):
         self.sock, self.peer, self.deadline = sock, peer, deadline
@@ -75,6 +111,7 @@ class _Conn:
         self.outbox = b""
         self.loan = None             # (pool name, loan id, store name) once it borrowed
         self.close_when_sent = False
+        self.counted = False         # in the per-user connection count
 
 
 class Daemon:
@@ -101,6 +138,7 @@ class Daemon:
         self.proc = proc
         self.pools = {spec.name: Pool(spec) for spec in cfg.pools}
         self.limits = cfg.limits
+        self.per_user = _per_user_limits(cfg.limits)
         self.chunk_names = {}          # id(chunk) -> store name
         self.conns = {}                # fd -> _Conn
         self.retry_at = {}             # pool name -> monotonic time of the next try
@@ -199,6 +237,14 @@ class Daemon:
             self.sel.register(sock, selectors.EVENT_READ, self._readable)
             if len(self.conns) > MAX_CONNECTIONS:
                 self._fail(conn, protocol.BUSY, "too many connections; try again")
+            elif not self.per_user.connect(conn.peer.uid):
+                self.events("refused", f"{conn.peer.user} ({conn.peer.comm}) has "
+                            f"{self.per_user.max_connections} connections open already",
+                            peer=conn.peer)
+                self._fail(conn, protocol.LIMITED, f"you have {self.per_user.max_connections} "
+                           "connections open already; close some first")
+            else:
+                conn.counted = True
 
     def _readable(self, sock, mask):
         conn = self.conns.get(sock.fileno())
@@ -244,6 +290,11 @@ class Daemon:
         if pool is None:
             return self._fail(conn, protocol.UNKNOWN_KIND, f"no {request.kind} pool; there are: "
                               f"{', '.join(self.pools)}")
+        if not self.per_user.borrow(conn.peer.uid, time.monotonic()):
+            self.events("refused", f"{conn.peer.user} ({conn.peer.comm}) borrows too often",
+                        kind=pool.name, peer=conn.peer)
+            return self._fail(conn, protocol.LIMITED, "more than "
+                              f"{self.per_user.rate:g} borrows a second; slow down")
         allowed, why = self.authorize(conn.peer, pool.name)
         if not allowed:
             self.events("refused", f"{conn.peer.user} ({conn.peer.comm}) may not borrow "
@@ -295,10 +346,13 @@ class Daemon:
         return None
 
     def status(self, peer):
-        """What `holdingpen status` shows: every pool, and who holds what."""
+        """What `holdingpen status` shows: every pool, and who holds what.
+
+        Other users' commands are shown to root only.
+        """
         loans = [{"kind": pool.name, "user": loan.user, "uid": loan.uid, "pid": loan.pid,
-                  "command": loan.command, "since": loan.since, "size": loan.size_bytes,
-                  "fd": loan.handed_fd}
+                  "command": loan.command if peer.uid in (0, loan.uid) else None,
+                  "since": loan.since, "size": loan.size_bytes, "fd": loan.handed_fd}
                  for pool in self.pools.values() for loan in pool.loans.values()]
         return {"ok": True, "action": protocol.STATUS, "ready": self.ready,
                 "pools": [p.snapshot() for p in self.pools.values()], "loans": loans}
@@ -331,6 +385,9 @@ class Daemon:
             return
         self.sel.unregister(conn.sock)
         conn.sock.close()
+        conn.peer.close()
+        if conn.counted:
+            self.per_user.disconnect(conn.peer.uid)
         if conn.loan is not None:
             name, loan_id, store_name = conn.loan
             self.store.remove(store_name)
@@ -464,6 +521,11 @@ class Daemon:
             self.notify("READY=1")
             return
         self.limits = cfg.limits
+        self.per_user.max_connections = cfg.limits["connections_per_user"]
+        self.per_user.rate = cfg.limits["borrows_per_second"]
+        self.per_user.burst = cfg.limits["borrow_burst"]
+        if hasattr(self.authorize, "configure"):
+            self.authorize.configure(cfg.authorize["users"], cfg.authorize["groups"], cfg.source)
         wanted = {spec.name: spec for spec in cfg.pools}
         for name, pool in list(self.pools.items()):
             if name in wanted:
@@ -523,6 +585,12 @@ class Daemon:
             self.events("adopted", f"kept across the restart: {chunks_n} reservations, "
                         f"{loans_n} loans; dropped {dropped} that no longer fit",
                         chunks=chunks_n, loans=loans_n)
+
+
+def _per_user_limits(limits):
+    from holdingpen.ratelimit import Limits
+    return Limits(limits["connections_per_user"], limits["borrows_per_second"],
+                  limits["borrow_burst"])
 
 
 def _retired(spec):

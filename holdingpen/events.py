@@ -22,6 +22,7 @@ MESSAGE_IDS = {
     "reloaded": "1800efd92c17463a86973220a5e19a85",
     "config-refused": "c869fe7717b44da6be8c1b79c67b05a3",
     "bad-client": "c41257d877234d2a9e610fd0a3f65d6d",
+    "no-polkit": "99584241727946aaa228cbdd19a4cd7b",
     "stopping": "217d6210a9ac4324990ac24ea52588d5",
 }
 PRIORITY = {"shortfall": 4, "config-refused": 3, "refused": 5, "bad-client": 5}   # syslog levels

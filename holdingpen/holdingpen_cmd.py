@@ -67,6 +67,7 @@ def run(argv):
 
 def serve(opts):
     from holdingpen import config, daemon, events, fdstore
+    from holdingpen.authorize import Authorizer
     try:
         cfg = config.load(opts["config"])
     except config.ConfigError as e:
@@ -88,7 +89,10 @@ def serve(opts):
             return EXIT_CANTCREAT
     store = fdstore.FdStore(notify, passed) if os.environ.get("NOTIFY_SOCKET") else fdstore.NoStore()
     _raise_descriptor_limit()
-    daemon.Daemon(cfg, opts["config"], listener, notify, events.default_events(), store).run()
+    log = events.default_events()
+    authorize = Authorizer(users=cfg.authorize["users"], groups=cfg.authorize["groups"],
+                           events=log, source=cfg.source)
+    daemon.Daemon(cfg, opts["config"], listener, notify, log, store, authorize=authorize).run()
     return 0
 
 

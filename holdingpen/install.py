@@ -27,7 +27,9 @@ import tomllib
 from pathlib import Path
 
 PYTHON = "/usr/bin/python3"
-DEBIAN_PACKAGES = ["python3-psutil", "python3-systemd"]
+DEBIAN_PACKAGES = ["python3-psutil", "python3-systemd", "python3-jeepney"]
+SERVICE_USER = "holdingpen"      # the daemon runs as this system user, not root
+BORROWERS_GROUP = "holdingpen"   # polkit/50-holdingpen.rules: members may always borrow
 
 LIBDIR = Path("/usr/local/lib/holdingpen")
 CURRENT = LIBDIR / "current"     # -> release.<time>, holding the package
@@ -108,6 +110,17 @@ def _ensure_debian_packages(packages):
                            "run 'apt-get update' and try again")
 
 
+def _ensure_accounts():
+    """The daemon's system user and the borrowers' group; kept by --uninstall, as
+    Debian keeps system users, since files and rules may still name them."""
+    if subprocess.run(["getent", "group", BORROWERS_GROUP], capture_output=True).returncode:
+        _run(["groupadd", "--system", BORROWERS_GROUP])
+    if subprocess.run(["getent", "passwd", SERVICE_USER], capture_output=True).returncode:
+        _run(["useradd", "--system", "--gid", "nogroup", "--no-create-home",
+              "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+              "--comment", "Holding Pen reservation daemon", SERVICE_USER])
+
+
 def _copy_package(checkout):
     """Put the checkout's package in place as LIBDIR/current, byte-compiled.
 
@@ -159,6 +172,7 @@ def install(checkout):
     if not (checkout / "pyproject.toml").is_file():
         raise InstallError(f"{checkout} is not a holdingpen checkout; run this from one")
     _ensure_debian_packages(DEBIAN_PACKAGES)
+    _ensure_accounts()
     _copy_package(checkout)
     launchers = write_launchers(BINDIR, CURRENT, PYTHON, entry_points(checkout))
     system_files = _copy_system_files(checkout)

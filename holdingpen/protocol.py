@@ -29,7 +29,8 @@ POOL_EMPTY = "pool-empty"          # none held just now (all lent, or still rese
 NOT_AUTHORIZED = "not-authorized"  # the authorize step said no
 ALREADY_BORROWING = "already-borrowing"  # one borrow per connection
 TIMEOUT = "timeout"                # said nothing in time
-BUSY = "busy"                      # too many connections
+BUSY = "busy"                      # too many connections in all
+LIMITED = "limited"                # over this user's limit (connections, borrows a second)
 
 
 class ProtocolError(Exception):

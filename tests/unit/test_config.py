@@ -71,12 +71,17 @@ def test_pool_names():
     assert [p.name for p in cfg.pools] == ["memory", "disk:/var/tmp"]
 
 
+D = {"request_timeout_s": 10.0, "connections_per_user": 32, "borrows_per_second": 5.0,
+     "borrow_burst": 10}
 LIMITS = [
-    (b"", {"request_timeout_s": 10.0}),
-    (b"[limits]\n", {"request_timeout_s": 10.0}),
-    (b"[limits]\nrequest_timeout_s = 2.5\n", {"request_timeout_s": 2.5}),
-    (b"[limits]\nrequest_timeout_s = 1\n", {"request_timeout_s": 1.0}),
-    (b"[limits]\nrequest_timeout_s = 3600\n", {"request_timeout_s": 3600.0}),
+    (b"", D),
+    (b"[limits]\n", D),
+    (b"[limits]\nrequest_timeout_s = 2.5\n", {**D, "request_timeout_s": 2.5}),
+    (b"[limits]\nrequest_timeout_s = 1\n", {**D, "request_timeout_s": 1.0}),
+    (b"[limits]\nrequest_timeout_s = 3600\n", {**D, "request_timeout_s": 3600.0}),
+    (b"[limits]\nconnections_per_user = 4\nborrows_per_second = 0.5\nborrow_burst = 2\n",
+     {**D, "connections_per_user": 4, "borrows_per_second": 0.5, "borrow_burst": 2}),
+    (b"[limits]\nconnections_per_user = 4.0\n", {**D, "connections_per_user": 4}),
 ]
 
 
@@ -97,8 +102,8 @@ ERRORS = [
     ("not UTF-8", b'[memory]\nsize = "2G\xff"\n', None, "not UTF-8", ""),
     ("UTF-16", "[memory]\n".encode("utf-16"), None, "not UTF-8", ""),
     ("unknown top-level key", b'[memroy]\nsize = "2G"\n', "memroy", "unknown key",
-     "expected one of disk, limits, memory"),
-    ("top-level size", b'size = "2G"\n', "size", "unknown key", "disk, limits, memory"),
+     "expected one of authorize, disk, limits, memory"),
+    ("top-level size", b'size = "2G"\n', "size", "unknown key", "authorize, disk, limits, memory"),
     ("unknown key in [memory]", b'[memory]\nsise = "2G"\n', "memory.sise", "unknown key",
      "expected one of count, size"),
     ("path in [memory]", b'[memory]\npath = "/var/tmp"\n', "memory.path", "unknown key", "count, size"),
@@ -152,11 +157,11 @@ ERRORS = [
      ""),
     ("limits not a table", b"limits = 5\n", "limits", "expected a table", "[limits]"),
     ("unknown limit", b"[limits]\ntimeout = 5\n", "limits.timeout", "unknown key", "request_timeout_s"),
-    ("zero timeout", b"[limits]\nrequest_timeout_s = 0\n", "limits.request_timeout_s", "more than 0",
-     "not 0"),
+    ("zero timeout", b"[limits]\nrequest_timeout_s = 0\n", "limits.request_timeout_s",
+     "expected seconds from 0.001 to 3600", "not 0"),
     ("negative timeout", b"[limits]\nrequest_timeout_s = -1\n", "limits.request_timeout_s", "seconds",
      "-1"),
-    ("long timeout", b"[limits]\nrequest_timeout_s = 3601\n", "limits.request_timeout_s", "at most 3600",
+    ("long timeout", b"[limits]\nrequest_timeout_s = 3601\n", "limits.request_timeout_s", "to 3600",
      "3601"),
     ("nan timeout", b"[limits]\nrequest_timeout_s = nan\n", "limits.request_timeout_s", "seconds", "nan"),
     ("inf timeout", b"[limits]\nrequest_timeout_s = inf\n", "limits.request_timeout_s", "seconds", "inf"),
@@ -164,6 +169,17 @@ ERRORS = [
      "seconds", "'10'"),
     ("timeout as a bool", b"[limits]\nrequest_timeout_s = true\n", "limits.request_timeout_s", "seconds",
      "True"),
+    ("fractional connections", b"[limits]\nconnections_per_user = 1.5\n",
+     "limits.connections_per_user", "expected a whole number from 1 to 65536", "1.5"),
+    ("no connections", b"[limits]\nconnections_per_user = 0\n", "limits.connections_per_user",
+     "whole number", "not 0"),
+    ("authorize not a table", b"authorize = 1\n", "authorize", "expected a table", "[authorize]"),
+    ("unknown authorize key", b"[authorize]\nuser = [\"a\"]\n", "authorize.user", "unknown key",
+     "groups, users"),
+    ("users not a list", b"[authorize]\nusers = \"alice\"\n", "authorize.users",
+     "expected a list of names", "'alice'"),
+    ("an empty user name", b"[authorize]\ngroups = [\"\"]\n", "authorize.groups",
+     "expected a list of names", "['']"),
     # A key is whatever TOML allows, newlines included; the error must stay one line.
     ("a key with a newline", b'"mem\\nory" = 1\n', "'mem\\nory'", "unknown key", ""),
     ("a [memory] key with a newline", b'[memory]\n"a\\nb" = 1\n', "memory.'a\\nb'", "unknown key",
@@ -218,7 +234,8 @@ def test_a_missing_default_file_means_defaults(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "absent.toml"))
     cfg = load()
     assert cfg.pools == [memory()]
-    assert cfg.limits == {"request_timeout_s": 10.0}
+    assert cfg.limits == D
+    assert cfg.authorize == {"users": (), "groups": ()}
     assert cfg.source == "(defaults)"
 
 
@@ -279,3 +296,13 @@ def test_load_errors_in_the_file_name_it(tmp_path):
     with pytest.raises(ConfigError) as e:
         load(str(path))
     assert str(e.value) == f"{path}: not UTF-8 text"
+
+
+@pytest.mark.parametrize("data, lists", [
+    (b"", {"users": (), "groups": ()}),
+    (b"[authorize]\n", {"users": (), "groups": ()}),
+    (b'[authorize]\nusers = ["alice", "bob"]\n', {"users": ("alice", "bob"), "groups": ()}),
+    (b'[authorize]\ngroups = ["staff"]\n', {"users": (), "groups": ("staff",)}),
+])
+def test_authorize_lists(data, lists):
+    assert parse(data, SOURCE).authorize == lists

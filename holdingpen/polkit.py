@@ -1,0 +1,83 @@
+"""Asking polkitd whether a process may borrow, over one long-lived D-Bus connection.
+
+    CheckAuthorization(("unix-process", {pid, start-time, uid}), "org.holdingpen.borrow", {}, 0, "")
+
+The subject's pid and uid come from the kernel (SO_PEERCRED) and its
+start-time from /proc for that very process: polkit trusts a uid handed to it
+by a trusted caller, so nothing a client says ever reaches the subject. Flags
+0: never start an interactive authentication; a borrow must not wait on a
+password prompt.
+"""
+
+ACTION_ID = "org.holdingpen.borrow"
+_NO_POLKIT = {
+    "org.freedesktop.DBus.Error.ServiceUnknown",      # polkitd not installed
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
+}
+
+
+class Unavailable(Exception):
+    """polkitd cannot be asked (no system bus, or no polkit on it)."""
+
+
+class Polkit:
+    """CheckAuthorization through a system-bus connection opened on first use."""
+
+    def __init__(self, timeout_s=5.0, open_bus=None):
+        self.timeout_s = timeout_s
+        self._open_bus = open_bus
+        self._conn = None
+
+    def allowed(self, pid, start_time, uid, action_id=ACTION_ID):
+        """polkit's answer for the process (pid, start_time) of uid.
+
+        Raises:
+            Unavailable: polkitd cannot be asked.
+        """
+        from jeepney import DBusAddress, DBusErrorResponse, new_method_call
+        from jeepney.wrappers import unwrap_msg
+        authority = DBusAddress("/org/freedesktop/PolicyKit1/Authority",
+                                bus_name="org.freedesktop.PolicyKit1",
+                                interface="org.freedesktop.PolicyKit1.Authority")
+        subject = ("unix-process", {"pid": ("u", pid), "start-time": ("t", start_time),
+                                    "uid": ("i", uid)})
+        message = new_method_call(authority, "CheckAuthorization", "(sa{sv})sa{ss}us",
+                                  (subject, action_id, {}, 0, ""))
+        for attempt in (1, 2):      # once more on a fresh connection if polkitd restarted
+            try:
+                conn = self._connection()
+                reply = unwrap_msg(conn.send_and_get_reply(message, timeout=self.timeout_s))
+                (is_authorized, _challenge, _details), = reply
+                return bool(is_authorized)
+            except DBusErrorResponse as e:
+                if e.name in _NO_POLKIT:
+                    raise Unavailable(f"polkit is not running ({e.name})") from None
+                raise Unavailable(f"polkit refused the question: {e.name}: {e.data}") from None
+            except (OSError, EOFError, TimeoutError, ConnectionError) as e:
+                self.close()
+                if attempt == 2:
+                    raise Unavailable(f"cannot reach polkit on the system bus: {e}") from None
+
+    def _connection(self):
+        if self._conn is None:
+            if self._open_bus is not None:
+                self._conn = self._open_bus()
+            else:
+                from jeepney.io.blocking import open_dbus_connection
+                self._conn = open_dbus_connection(bus="SYSTEM")
+        return self._conn
+
+    def close(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+            self._conn = None
+
+
+def start_time(pid, proc="/proc"):
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    with open(f"{proc}/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
