@@ -19,6 +19,10 @@ SRC_IN_CONTAINER = "/opt/src"
 # Ordinary users; uids from 2000 because the overlay shares the host's
 # /etc/passwd, where 1000 is taken.
 USERS = {"alice": 2000, "bob": 2001, "carol": 2002}
+# alice is in the group holdingpen (the shipped polkit rule lets its members
+# borrow from anywhere); bob and carol are not: they may borrow only from an
+# active console session.
+BORROWERS = ("alice",)
 
 # The install line of a README code block, e.g. "$ sudo python3 -m holdingpen.install".
 _INSTALL_LINE = re.compile(r"^\s*(?:\$\s+)?sudo\s+(python3 -m holdingpen\.install)\s*(?:#.*)?$")
@@ -65,5 +69,6 @@ def ct():
     with Container(f"pt{os.getpid()}", binds=[f"{CHECKOUT}:{SRC_IN_CONTAINER}"]) as c:
         c.run(["sh", "-c", f"cd {SRC_IN_CONTAINER} && {install}"])
         for name, uid in USERS.items():
-            c.run(["useradd", "-m", "-u", str(uid), name])
+            groups = ["-G", "holdingpen"] if name in BORROWERS else []
+            c.run(["useradd", "-m", "-u", str(uid), *groups, name])
         yield c

@@ -10,6 +10,8 @@ from conftest import CHECKOUT, SRC_IN_CONTAINER, readme_install_command
 
 COMMANDS = [f"/usr/local/bin/{c}" for c in ("gatekeeper", "holdingpen", "perflock", "pls", "wholock")]
 UNITS = [f"/usr/local/lib/systemd/system/holdingpen.{u}" for u in ("service", "socket")]
+POLKIT = ["/usr/share/polkit-1/actions/org.holdingpen.borrow.policy",
+          "/usr/share/polkit-1/rules.d/50-holdingpen.rules"]
 LIBDIR = "/usr/local/lib/holdingpen"
 TMPFILES = "/usr/local/lib/tmpfiles.d/perflock.conf"
 
@@ -28,7 +30,7 @@ def test_installing_again_updates_in_place(ct):
     release = ct.run(["readlink", f"{LIBDIR}/current"]).stdout.strip()
     install(ct)
     assert sorted(manifest(ct)) == before
-    assert sorted(before) == sorted(COMMANDS + UNITS + [TMPFILES])
+    assert sorted(before) == sorted(COMMANDS + UNITS + POLKIT + [TMPFILES])
     # A new release replaced the old one, which is gone.
     assert ct.run(["readlink", f"{LIBDIR}/current"]).stdout.strip() != release
     assert ct.run(["sh", "-c", f"ls {LIBDIR}"]).stdout.split() == \
