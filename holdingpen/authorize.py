@@ -32,6 +32,11 @@ class Authorizer:
         self.source = source
         self.said_no_polkit = False
 
+    def warm_up(self):
+        warm_up = getattr(self.polkit, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
+
     def configure(self, users, groups, source):
         self.users, self.groups, self.source = set(users), set(groups), source
 
@@ -44,6 +49,8 @@ class Authorizer:
             allowed = self.polkit.allowed(peer.pid, peer.start_time, peer.uid)
         except polkit.Unavailable as e:
             return self._allow_list(peer, str(e))
+        except polkit.NoAnswer as e:
+            return False, f"{e}; try again"
         if not peer.alive():        # its pid may now be another process's
             return False, "the client went away while it was being checked"
         return (True, "") if allowed else (False, WHO_MAY)

@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 One thread runs an event loop over the listening socket, the clients'
-connections and a wake-up pipe (signals and finished reservations write to
-it). A second thread makes reservations, one at a time: allocating gigabytes
-takes a while and must not stall clients. Only the loop thread touches the
+connections and a wake-up pipe (signals and the other threads write to it).
+A second thread makes reservations, one at a time: allocating gigabytes
+takes a while and must not stall clients. A third asks whether each borrow
+is allowed: polkit takes milliseconds, and a hung polkitd must not stall the
+loop until the watchdog kills it. Only the loop thread touches the
 pools (pool.py), whose rules decide; this module carries their decisions
 out, and tells systemd (sd_notify) and the journal (events.py).
 
@@ -103,7 +105,7 @@ def allow_connected(peer, pool_name):
 
 class _Conn:
     __slots__ = ("sock", "peer", "inbox", "outbox", "deadline", "loan", "close_when_sent",
-                 "counted")
+                 "counted", "checking")
 
     def __init__(self, sock, peer, deadline):
         self.sock, self.peer, self.deadline = sock, peer, deadline
@@ -112,6 +114,7 @@ class _Conn:
         self.loan = None             # (pool name, loan id, store name) once it borrowed
         self.close_when_sent = False
         self.counted = False         # in the per-user connection count
+        self.checking = False        # its borrow is with authorize() on the asker thread
 
 
 class Daemon:
@@ -151,8 +154,9 @@ class Daemon:
         self.lock_memory = headroom.has_swap(headroom.read_meminfo(proc))
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.results = queue.SimpleQueue()
-        self.jobs = queue.SimpleQueue()
+        self.results = queue.SimpleQueue()    # from both threads: ("reserved" | "authorized", ...)
+        self.jobs = queue.SimpleQueue()       # reservations to make
+        self.asks = queue.SimpleQueue()       # borrows to authorize
         self.status_text = None
         watchdog_usec = os.environ.get("WATCHDOG_USEC")
         watchdog_pid = os.environ.get("WATCHDOG_PID", str(os.getpid()))
@@ -169,6 +173,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
         threading.Thread(target=self._reserver, name="reserver", daemon=True).start()
+        threading.Thread(target=self._asker, name="asker", daemon=True).start()
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._woken)
@@ -189,6 +194,7 @@ class Daemon:
         self.events("stopping", "holdingpen stopping; reservations stay in systemd's store "
                     "when it restarts us")
         self.jobs.put(None)
+        self.asks.put(None)
 
     def _timeout_s(self):
         now = time.monotonic()
@@ -213,10 +219,13 @@ class Daemon:
             pass
         while True:
             try:
-                name, chunk, problem = self.results.get_nowait()
+                what, *result = self.results.get_nowait()
             except queue.Empty:
                 return
-            self._reservation_done(name, chunk, problem)
+            if what == "reserved":
+                self._reservation_done(*result)
+            else:
+                self._authorized(*result)
 
     # ---- clients ----
 
@@ -264,8 +273,8 @@ class Daemon:
             os.close(fd)
         if not data:
             return self._close(conn)
-        if conn.loan is not None or conn.close_when_sent:
-            return                 # talk after the reply changes nothing
+        if conn.loan is not None or conn.close_when_sent or conn.checking:
+            return                 # talk after the request changes nothing
         conn.inbox += data
         line, newline, _ = conn.inbox.partition(b"\n")
         if not newline:
@@ -295,11 +304,43 @@ class Daemon:
                         kind=pool.name, peer=conn.peer)
             return self._fail(conn, protocol.LIMITED, "more than "
                               f"{self.per_user.rate:g} borrows a second; slow down")
-        allowed, why = self.authorize(conn.peer, pool.name)
+        conn.checking = True       # polkit may take milliseconds, or hang: not on this thread
+        self.asks.put((conn, pool.name, request))
+
+    def _asker(self):
+        """The third thread: ask authorize() about each borrow, hand the answer back."""
+        warm_up = getattr(self.authorize, "warm_up", None)
+        if warm_up is not None:
+            warm_up()              # the first borrow should not pay for connecting to D-Bus
+        while (job := self.asks.get()) is not None:
+            conn, pool_name, request = job
+            try:
+                allowed, why = self.authorize(conn.peer, pool_name)
+            except Exception as e:     # a bug there must refuse one borrow, not stop them all
+                allowed, why = False, f"the authorization failed: {e}"
+            self.results.put(("authorized", conn, pool_name, request, allowed, why))
+            self._wake()
+
+    def _wake(self):
+        try:
+            os.write(self.wake_w, b"w")
+        except BlockingIOError:
+            pass                   # the loop is being woken anyway
+
+    def _authorized(self, conn, pool_name, request, allowed, why):
+        if self.conns.get(conn.sock.fileno()) is not conn:
+            return                 # it hung up while it was being checked
+        conn.checking = False
+        pool = self.pools.get(pool_name)
+        if pool is None:           # a reload removed it meanwhile
+            return self._fail(conn, protocol.UNKNOWN_KIND, f"no {pool_name} pool any more")
         if not allowed:
             self.events("refused", f"{conn.peer.user} ({conn.peer.comm}) may not borrow "
                         f"{pool.name}: {why}", kind=pool.name, peer=conn.peer)
             return self._fail(conn, protocol.NOT_AUTHORIZED, why)
+        self._lend(conn, pool, request)
+
+    def _lend(self, conn, pool, request):
         loan_id = self.next_loan
         self.next_loan += 1
         loan = Loan(conn.peer.uid, conn.peer.user, conn.peer.pid, conn.peer.comm, time.time(),
@@ -437,13 +478,10 @@ class Daemon:
                     chunk = chunks.reserve_memory(size_bytes, lock)
                 else:
                     chunk = chunks.reserve_disk(path, size_bytes)
-                self.results.put((name, chunk, None))
+                self.results.put(("reserved", name, chunk, None))
             except chunks.ReserveError as e:
-                self.results.put((name, None, str(e)))
-            try:
-                os.write(self.wake_w, b"r")
-            except BlockingIOError:
-                pass          # the loop is being woken anyway
+                self.results.put(("reserved", name, None, str(e)))
+            self._wake()
 
     def _reservation_done(self, name, chunk, problem):
         if self.in_flight == name:

@@ -21,10 +21,14 @@ class Unavailable(Exception):
     """polkitd cannot be asked (no system bus, or no polkit on it)."""
 
 
+class NoAnswer(Exception):
+    """polkitd is there but did not answer in time."""
+
+
 class Polkit:
     """CheckAuthorization through a system-bus connection opened on first use."""
 
-    def __init__(self, timeout_s=5.0, open_bus=None):
+    def __init__(self, timeout_s=2.0, open_bus=None):
         self.timeout_s = timeout_s
         self._open_bus = open_bus
         self._conn = None
@@ -54,10 +58,20 @@ class Polkit:
                 if e.name in _NO_POLKIT:
                     raise Unavailable(f"polkit is not running ({e.name})") from None
                 raise Unavailable(f"polkit refused the question: {e.name}: {e.data}") from None
-            except (OSError, EOFError, TimeoutError, ConnectionError) as e:
+            except TimeoutError:
+                self.close()       # a late answer must not be read as the next one's
+                raise NoAnswer(f"polkit did not answer within {self.timeout_s:g} s") from None
+            except (OSError, EOFError, ConnectionError) as e:
                 self.close()
                 if attempt == 2:
                     raise Unavailable(f"cannot reach polkit on the system bus: {e}") from None
+
+    def warm_up(self):
+        """Connect now, if we can, so that the first borrow does not wait for it."""
+        try:
+            self._connection()
+        except (OSError, EOFError, ConnectionError, TimeoutError, ValueError, KeyError):
+            self.close()
 
     def _connection(self):
         if self._conn is None:

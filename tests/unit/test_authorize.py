@@ -73,6 +73,16 @@ def test_decisions(uid, answer, users, groups, allowed, asked):
         assert why == expected
 
 
+def test_polkit_that_does_not_answer_refuses_without_the_allow_list():
+    answers = Answers(polkit.NoAnswer("polkit did not answer within 2 s"))
+    peer = a_peer(NOBODY)
+    try:
+        assert Authorizer(answers, ("nobody",))(peer, "memory") == (
+            False, "polkit did not answer within 2 s; try again")
+    finally:
+        peer.close()
+
+
 def test_a_client_gone_before_the_check_is_refused_unasked():
     answers = Answers(True)
     peer = a_peer(NOBODY, alive=False)
