@@ -95,11 +95,15 @@ class Container:
         name: machine name; unique among concurrent runs (put os.getpid() in it).
         binds: "HOST:CONTAINER" pairs, bound read-only.
         boot_timeout_s: how long systemd may take to reach "running".
+        capabilities: names to grant beyond nspawn's default set (--capability=),
+            e.g. ["CAP_IPC_LOCK"]: nspawn leaves it out, so in a default container
+            a unit's AmbientCapabilities=CAP_IPC_LOCK gives it nothing.
     """
 
-    def __init__(self, name, binds=(), boot_timeout_s=30.0):
+    def __init__(self, name, binds=(), boot_timeout_s=30.0, capabilities=()):
         self.name = name
         self.binds = list(binds)
+        self.capabilities = list(capabilities)
         self.boot_timeout_s = boot_timeout_s
         self.owner_pid = os.getpid()
         stem = f"{self.owner_pid}.{name}"
@@ -135,6 +139,8 @@ class Container:
         nspawn_args = ["--keep-unit", "--register=no", "-M", self.name, "--boot",
                        "--console=read-only", "--private-network"]
         nspawn_args += [f"--bind-ro={bind}" for bind in self.binds]
+        if self.capabilities:
+            nspawn_args.append(f"--capability={','.join(self.capabilities)}")
         argv = ["setpriv", "--pdeathsig", "TERM",
                 "unshare", "-m", "--propagation", "private",
                 "sh", "-c", _START_SCRIPT, "sh", str(self.base_dir),
