@@ -18,6 +18,8 @@ import pwd
 
 from holdingpen import polkit
 
+NO_ANSWER_PAUSE_S = 5.0   # after polkit fails to answer, refuse at once for this long
+
 WHO_MAY = ("only the user at the console (an active local session) or members of the "
            "group holdingpen may borrow")
 
@@ -25,7 +27,12 @@ WHO_MAY = ("only the user at the console (an active local session) or members of
 class Authorizer:
     """authorize(peer, pool_name) -> (allowed, why not)."""
 
-    def __init__(self, check=None, users=(), groups=(), events=None, source="the configuration"):
+    def __init__(self, check=None, users=(), groups=(), events=None, source="the configuration",
+                 clock=None):
+        import time
+        self.clock = clock or time.monotonic
+        self.silent_until = 0.0
+        self.silence = ""
         self.polkit = polkit.Polkit() if check is None else check
         self.users, self.groups = set(users), set(groups)
         self.events = events
@@ -45,11 +52,15 @@ class Authorizer:
             return True, ""
         if not peer.alive():
             return False, "the client went away before it could be checked"
+        now = self.clock()
+        if now < self.silent_until:      # it just failed to answer: do not queue behind it
+            return False, f"{self.silence}; try again"
         try:
             allowed = self.polkit.allowed(peer.pid, peer.start_time, peer.uid)
         except polkit.Unavailable as e:
             return self._allow_list(peer, str(e))
         except polkit.NoAnswer as e:
+            self.silence, self.silent_until = str(e), self.clock() + NO_ANSWER_PAUSE_S
             return False, f"{e}; try again"
         if not peer.alive():        # its pid may now be another process's
             return False, "the client went away while it was being checked"

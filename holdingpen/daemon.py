@@ -38,6 +38,7 @@ RETRY_FIRST_S = 1.0           # after a shortfall, try again after this, doublin
 RETRY_MAX_S = 60.0            # ... up to this
 FILL_RATE_FLOOR_BPS = 256 << 20   # slowest fill we plan for, to ask systemd for more start time
 COMMAND_REFRESH_S = 2.0       # how often loans' commands are read again from /proc
+LIMITED_NOTE_S = 10.0         # journal a user over a limit at most this often
 
 
 _SO_PEERPIDFD = 77     # Linux 6.5: a pidfd for the very process that connected
@@ -142,6 +143,7 @@ class Daemon:
         self.pools = {spec.name: Pool(spec) for spec in cfg.pools}
         self.limits = cfg.limits
         self.per_user = _per_user_limits(cfg.limits)
+        self.limited_notes = {}        # uid -> (quiet until, refusals not journalled)
         self.chunk_names = {}          # id(chunk) -> store name
         self.conns = {}                # fd -> _Conn
         self.retry_at = {}             # pool name -> monotonic time of the next try
@@ -247,9 +249,8 @@ class Daemon:
             if len(self.conns) > MAX_CONNECTIONS:
                 self._fail(conn, protocol.BUSY, "too many connections; try again")
             elif not self.per_user.connect(conn.peer.uid):
-                self.events("refused", f"{conn.peer.user} ({conn.peer.comm}) has "
-                            f"{self.per_user.max_connections} connections open already",
-                            peer=conn.peer)
+                self._note_limited(conn.peer, f"{conn.peer.user} ({conn.peer.comm}) has "
+                                   f"{self.per_user.max_connections} connections open already")
                 self._fail(conn, protocol.LIMITED, f"you have {self.per_user.max_connections} "
                            "connections open already; close some first")
             else:
@@ -300,8 +301,8 @@ class Daemon:
             return self._fail(conn, protocol.UNKNOWN_KIND, f"no {request.kind} pool; there are: "
                               f"{', '.join(self.pools)}")
         if not self.per_user.borrow(conn.peer.uid, time.monotonic()):
-            self.events("refused", f"{conn.peer.user} ({conn.peer.comm}) borrows too often",
-                        kind=pool.name, peer=conn.peer)
+            self._note_limited(conn.peer, f"{conn.peer.user} ({conn.peer.comm}) borrows too often",
+                               kind=pool.name)
             return self._fail(conn, protocol.LIMITED, "more than "
                               f"{self.per_user.rate:g} borrows a second; slow down")
         conn.checking = True       # polkit may take milliseconds, or hang: not on this thread
@@ -369,6 +370,19 @@ class Daemon:
                     f"{conn.peer.user} ({conn.peer.comm}, pid {conn.peer.pid})"
                     + (", as a descriptor" if request.fd else ""),
                     kind=pool.name, size_bytes=chunk.size_bytes, peer=conn.peer)
+
+    def _note_limited(self, peer, message, kind=None):
+        """Journal a user going over a limit: once per LIMITED_NOTE_S, with a count, so a
+        flood cannot flood the journal too (and push others' entries out of its rate limit)."""
+        now = time.monotonic()
+        until, unsaid = self.limited_notes.get(peer.uid, (0.0, 0))
+        if now < until:
+            self.limited_notes[peer.uid] = (until, unsaid + 1)
+            return
+        if unsaid:
+            message += f" ({unsaid} more such refusals in the last {LIMITED_NOTE_S:g} s)"
+        self.limited_notes[peer.uid] = (now + LIMITED_NOTE_S, 0)
+        self.events("refused", message, kind=kind, peer=peer)
 
     def _why_empty(self, pool):
         if pool.shortfall:

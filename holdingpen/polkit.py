@@ -14,6 +14,8 @@ _NO_POLKIT = {
     "org.freedesktop.DBus.Error.ServiceUnknown",      # polkitd not installed
     "org.freedesktop.DBus.Error.NameHasNoOwner",
     "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
+    "org.freedesktop.systemd1.UnitMasked",            # polkit.service masked by the admin
+    "org.freedesktop.systemd1.NoSuchUnit",
 }
 
 

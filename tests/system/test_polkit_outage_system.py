@@ -30,6 +30,11 @@ def test_a_stopped_polkitd_neither_stalls_nor_kills_the_daemon(ct):
         assert borrow(ct, "root").returncode == 0      # root needs no polkit
     finally:
         ct.run(["kill", "-CONT", polkitd])
+    refilled = time.monotonic() + 20                   # root's borrow took the only chunk
+    while json.loads(ct.run(["holdingpen", "status", "--json"]).stdout)["pools"][0]["held"] < 1:
+        assert time.monotonic() < refilled, "the pool did not refill"
+        time.sleep(0.05)
+    time.sleep(5)                                      # refusals pause 5 s after polkit's silence
     assert borrow(ct, "alice").returncode == 0          # and all is well again
     assert systemd_value(ct, "holdingpen.service", "NRestarts") == restarts
     assert systemd_value(ct, "holdingpen.service", "ActiveState") == "active"

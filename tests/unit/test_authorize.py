@@ -83,6 +83,23 @@ def test_polkit_that_does_not_answer_refuses_without_the_allow_list():
         peer.close()
 
 
+def test_after_polkit_failed_to_answer_borrows_are_refused_at_once_for_a_while():
+    now = [100.0]
+    answers = Answers(polkit.NoAnswer("polkit did not answer within 2 s"))
+    authorize = Authorizer(answers, clock=lambda: now[0])
+    peer = a_peer(NOBODY)
+    try:
+        for at in (100.0, 101.0, 104.9):
+            now[0] = at
+            assert authorize(peer, "memory") == (False, "polkit did not answer within 2 s; try again")
+        assert len(answers.asked) == 1           # the ones in between did not wait on it
+        now[0], answers.answer = 105.1, True
+        assert authorize(peer, "memory") == (True, "")
+        assert len(answers.asked) == 2
+    finally:
+        peer.close()
+
+
 def test_a_client_gone_before_the_check_is_refused_unasked():
     answers = Answers(True)
     peer = a_peer(NOBODY, alive=False)
