@@ -362,7 +362,6 @@ class Daemon:
             chunk.close()          # the client's copy is now the only one
         else:
             chunk.close()          # the memory is free before the client hears so
-            self._send(conn, reply)
         store_name = self.store.new_name("loan")
         conn.loan = (pool.name, loan_id, store_name)
         self.store.add(store_name, conn.sock.fileno(), {"pool": pool.name, **loan.as_dict()})
@@ -370,6 +369,10 @@ class Daemon:
                     f"{conn.peer.user} ({conn.peer.comm}, pid {conn.peer.pid})"
                     + (", as a descriptor" if request.fd else ""),
                     kind=pool.name, size_bytes=chunk.size_bytes, peer=conn.peer)
+        if not request.fd:
+            # Only now that the loan is the connection's: if the client hung up after
+            # asking, the send fails, and closing the connection returns the loan.
+            self._send(conn, reply)
 
     def _note_limited(self, peer, message, kind=None):
         """Journal a user going over a limit: once per LIMITED_NOTE_S, with a count, so a
