@@ -116,6 +116,14 @@ class Pen:
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def rss_bytes(self):
+        """The daemon's resident memory (VmRSS): its own, and its pool only where swap has it locked."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise KeyError("VmRSS")
+
     def logged(self):
         self.log.flush()
         self.log.seek(0)
