@@ -146,6 +146,16 @@ def meminfo(field):
     raise KeyError(field)
 
 
+def vmstat(field):
+    """A counter from /proc/vmstat, e.g. vmstat("oom_kill")."""
+    with open("/proc/vmstat") as f:
+        for line in f:
+            name, value = line.split()
+            if name == field:
+                return int(value)
+    raise KeyError(field)
+
+
 def available_bytes():
     """MemAvailable, plus the free pages the kernel keeps on per-CPU lists.
 
