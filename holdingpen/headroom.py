@@ -27,9 +27,33 @@ def parse_meminfo(text):
     return fields
 
 
+def parse_pcp_pages(zoneinfo):
+    """Free pages the kernel keeps on its per-CPU lists ("count:" under "pagesets")."""
+    pages = 0
+    for line in zoneinfo.splitlines():
+        fields = line.split()
+        if fields[:1] == ["count:"] and len(fields) > 1 and fields[1].isascii() and fields[1].isdigit():
+            pages += int(fields[1])
+    return pages
+
+
 def read_meminfo(proc="/proc"):
+    """/proc/meminfo, with MemAvailable counting the per-CPU free lists too.
+
+    Linux keeps freed pages on per-CPU lists (up to gigabytes just after a big
+    free) and leaves them out of MemAvailable; they are free all the same, and
+    without them a reservation is refused for seconds after memory came free.
+    """
     with open(os.path.join(proc, "meminfo")) as f:
-        return parse_meminfo(f.read())
+        meminfo = parse_meminfo(f.read())
+    try:
+        with open(os.path.join(proc, "zoneinfo")) as f:
+            pcp_bytes = parse_pcp_pages(f.read()) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        pcp_bytes = 0
+    if "MemAvailable" in meminfo:
+        meminfo["MemAvailable"] += pcp_bytes
+    return meminfo
 
 
 def floor_bytes(meminfo):

@@ -1,7 +1,10 @@
 """Can the machine spare a reservation? /proc/meminfo text in, decisions out."""
 
+import os
+
 import pytest
 
+from holdingpen import headroom
 from holdingpen.headroom import floor_bytes, has_swap, memory_shortfall, parse_meminfo, read_meminfo
 
 MiB = 1048576
@@ -133,3 +136,32 @@ SWAP = [
 @pytest.mark.parametrize("meminfo, swap", SWAP)
 def test_has_swap(meminfo, swap):
     assert has_swap(meminfo) is swap
+
+
+ZONEINFO = """\
+Node 0, zone   Normal
+  pages free     100
+  pagesets
+    cpu: 0
+              count:    51019
+              high:     51182
+    cpu: 1
+              count:    18079
+              high:     34993
+Node 0, zone  Movable
+              count:    x
+"""
+
+
+def test_parse_pcp_pages():
+    assert headroom.parse_pcp_pages(ZONEINFO) == 51019 + 18079
+    assert headroom.parse_pcp_pages("") == 0
+
+
+def test_read_meminfo_counts_the_per_cpu_free_lists(tmp_path):
+    (tmp_path / "meminfo").write_text("MemTotal: 1000 kB\nMemAvailable: 100 kB\n")
+    (tmp_path / "zoneinfo").write_text("  pagesets\n              count:    3\n")
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert headroom.read_meminfo(str(tmp_path))["MemAvailable"] == 100 * 1024 + 3 * page
+    (tmp_path / "zoneinfo").unlink()               # a kernel without it: MemAvailable as it is
+    assert headroom.read_meminfo(str(tmp_path))["MemAvailable"] == 100 * 1024
