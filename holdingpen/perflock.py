@@ -38,6 +38,7 @@ from holdingpen import lockqueue
 DEFAULT_LOCK_PATH = "/run/perflock"
 LOCK_PATH_ENV = "PERFLOCK_LOCK"
 TMPFILES_FIX = "create it as root with: systemd-tmpfiles --create perflock.conf"
+_UNPUBLISHED = ".new."     # a ticket being written, before its rename(2) into the queue
 
 
 class LockError(Exception):
@@ -163,9 +164,17 @@ class PerfLock:
         # so numbers follow arrival and are never handed out twice.
         fcntl.flock(self._dir_fd, fcntl.LOCK_EX)
         try:
-            tickets = _tickets(self._dir_fd)
+            unpublished = []
+            tickets = _tickets(self._dir_fd, unpublished)
+            for name in unpublished:
+                # A job killed while making its ticket, for no one else makes one while
+                # we hold the directory's lock: it would stay for good.
+                try:
+                    os.unlink(name, dir_fd=self._dir_fd)
+                except OSError:
+                    pass    # another user's, in the sticky directory: harmless, if untidy
             seq = lockqueue.next_seq(tickets)
-            tmp = f".new.{os.getpid()}.{time.monotonic_ns()}"
+            tmp = f"{_UNPUBLISHED}{os.getpid()}.{time.monotonic_ns()}"
             try:
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                              0o644, dir_fd=self._dir_fd)
@@ -288,12 +297,15 @@ def _open_queue_dir(directory):
     return os.open(directory, flags)
 
 
-def _tickets(dir_fd):
+def _tickets(dir_fd, unpublished=None):
+    """The tickets in the queue; the names of unpublished ones appended to `unpublished`."""
     tickets = []
     for name in os.listdir(dir_fd):
         ticket = lockqueue.parse_ticket(name)
         if ticket is not None:
             tickets.append(ticket)
+        elif unpublished is not None and name.startswith(_UNPUBLISHED):
+            unpublished.append(name)
     return tickets
 
 
