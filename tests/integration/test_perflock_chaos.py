@@ -23,14 +23,17 @@ empty. The seed is printed; HOLDINGPEN_CHAOS_SEED replays a run's choices
 import collections
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
 import time
 
+import pytest
+
 from holdingpen import proclocks
 
-from lockjobs import rows
+from lockjobs import process_state, rows, wait_until
 
 SEED = int(os.environ.get("HOLDINGPEN_CHAOS_SEED", "424242"))
 JOBS = 200
@@ -240,3 +243,27 @@ def test_two_hundred_jobs_under_sigkills(jobs, lock, shared_tmp, figure):
            + f"; {observer.samples:,} lock-table samples, up to {observer.most_shared} shared "
            f"holders at once; 0 conflicts, 0 jobs without the lock, 0 out of arrival order; "
            f"{len(leftovers)} unlocked leftover tickets, removed by the next job")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to stop perflock mid-ticket")
+def test_a_wrapper_killed_while_taking_its_ticket_leaves_nothing_for_good(jobs, lock, shared_tmp):
+    # The window is microseconds wide (a ticket is written, then renamed into place, under
+    # the queue's lock); strace holds perflock at its rename(2) so that the kill lands in it.
+    queue = lock.with_name(lock.name + ".d")
+    tracer = jobs.start(["strace", "-f", "-qq", "-o", "/dev/null",
+                         "-e", "trace=rename,renameat,renameat2",
+                         "-e", "inject=rename,renameat,renameat2:delay_enter=30000000",
+                         "perflock", "-q", "true"])
+    unpublished = wait_until(lambda: queue.exists() and [
+        p.name for p in queue.iterdir() if p.name.startswith(".new.")], "perflock at its rename")
+    wrapper = int(unpublished[0].split(".")[2])        # .new.PID.NS
+    os.kill(wrapper, signal.SIGKILL)
+    # strace may never let go of a tracee it delays; once strace is gone, the kill lands
+    # before the rename does.
+    tracer.kill()
+    wait_until(lambda: process_state(wrapper) in (None, "Z"), "the killed perflock to be dead")
+    assert [p.name for p in queue.iterdir()] == unpublished
+    # The next job gets the machine, and clears what the killed one left half made.
+    done = jobs.run(["perflock", "-q", "true"])
+    assert done.returncode == 0, done.stderr
+    assert list(queue.iterdir()) == []
