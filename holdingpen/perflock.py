@@ -128,6 +128,7 @@ class PerfLock:
             self._wait_for_turn(ahead, deadline)
             op = fcntl.LOCK_SH if self.mode == lockqueue.SHARED else fcntl.LOCK_EX
             self._flock(self._lock_fd, op, deadline, self.path)
+            self._follow_replaced_lock_file(op, deadline)
             os.utime(self._ticket_fd)   # the ticket's mtime says since when we hold it
         except OSError as e:
             self._leave()
@@ -228,6 +229,33 @@ class PerfLock:
             return waited
         finally:
             os.close(fd)
+
+    def _follow_replaced_lock_file(self, op, deadline):
+        """Hold the file now at the path, if another was put there while we waited.
+
+        flock(1) users and wholock see the file at the path. Our ticket keeps our
+        place, so no later job holds the new file against us; if there is no usable
+        file at the path, we keep the one we opened (new jobs are told why).
+        """
+        while True:
+            try:
+                there = os.stat(self.path)
+            except OSError:
+                return                  # removed: no one else can lock ours
+            ours = os.fstat(self._lock_fd)
+            if (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino):
+                return
+            try:
+                fd = _open_lock_file(self.path)
+            except LockError:
+                return                  # not a lock file we can use
+            try:
+                self._flock(fd, op, deadline, self.path)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(self._lock_fd)
+            self._lock_fd = fd
 
     def _flock(self, fd, op, deadline, what):
         """flock(fd, op) within the deadline; True if it had to wait."""
