@@ -43,6 +43,8 @@ from pathlib import Path
 
 RUN_DIR = Path("/run/holdingpen-tests")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+# Hybrid cgroups: the memory controller is a v1 hierarchy of its own.
+MEMORY_CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
 # Enabled on the host, so the overlay would start them too: 2.6 s boot instead of 0.4 s.
 MASKED_UNITS = ("postgresql.service", "postgresql@15-main.service")
@@ -98,9 +100,13 @@ class Container:
         capabilities: names to grant beyond nspawn's default set (--capability=),
             e.g. ["CAP_IPC_LOCK"]: nspawn leaves it out, so in a default container
             a unit's AmbientCapabilities=CAP_IPC_LOCK gives it nothing.
+        memory_cgroup: also start the machine in a v1 memory cgroup of its own, so
+            that memory_stat() tells what the machine's processes hold (memfds and
+            tmpfs pages included) apart from the rest of a shared host.
     """
 
-    def __init__(self, name, binds=(), boot_timeout_s=30.0, capabilities=()):
+    def __init__(self, name, binds=(), boot_timeout_s=30.0, capabilities=(),
+                 memory_cgroup=False):
         self.name = name
         self.binds = list(binds)
         self.capabilities = list(capabilities)
@@ -110,6 +116,9 @@ class Container:
         self.base_dir = RUN_DIR / stem
         self.log_path = RUN_DIR / f"{stem}.log"
         self.cgroups = [root / f"harness.{stem}" for root in CGROUP_ROOTS]
+        self.memory_cgroup = MEMORY_CGROUP_ROOT / f"harness.{stem}" if memory_cgroup else None
+        if self.memory_cgroup is not None:
+            self.cgroups.append(self.memory_cgroup)
         self.shell = None    # setpriv -> unshare -> sh: runs nspawn once per boot
         self.pid1 = None
 
@@ -129,6 +138,9 @@ class Container:
         # PDEATHSIG fires when the spawning *thread* exits, not the process.
         if threading.current_thread() is not threading.main_thread():
             raise ContainerError("start containers from the main thread (PDEATHSIG is per thread)")
+        if self.memory_cgroup is not None and not MEMORY_CGROUP_ROOT.is_dir():
+            raise ContainerError(f"{self.name}: no {MEMORY_CGROUP_ROOT} (a v1 memory controller) "
+                                 "for memory_cgroup=True")
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         self.base_dir.mkdir()
         for cgroup in self.cgroups:
@@ -230,6 +242,18 @@ class Container:
                 self.shell.wait()
         _remove_leftovers(self.cgroups, self.base_dir, self.name)
         self.pid1 = None
+
+    def memory_stat(self):
+        """The machine's memory cgroup's memory.stat as {name: bytes}, counted over
+        all its processes (e.g. "total_shmem": memfd and tmpfs pages they allocated).
+
+        Raises:
+            ContainerError: the container was not made with memory_cgroup=True.
+        """
+        if self.memory_cgroup is None:
+            raise ContainerError(f"{self.name}: no memory cgroup (Container(memory_cgroup=True))")
+        text = (self.memory_cgroup / "memory.stat").read_text()
+        return {name: int(value) for name, value in (line.split() for line in text.splitlines())}
 
     def path(self, path):
         """The host path of `path` inside the running container."""
@@ -480,7 +504,7 @@ def sweep_stale():
     Kills a container whose pytest and nspawn were both SIGKILLed.
     """
     stale = set()  # (owner pid, name)
-    for root in CGROUP_ROOTS:
+    for root in (*CGROUP_ROOTS, MEMORY_CGROUP_ROOT):
         for cgroup in root.glob("harness.*"):
             parsed = _owner_and_name(cgroup.name.removeprefix("harness."))
             if parsed:
@@ -494,6 +518,6 @@ def sweep_stale():
         if _pid_alive(owner):
             continue
         stem = f"{owner}.{name}"
-        _remove_leftovers([root / f"harness.{stem}" for root in CGROUP_ROOTS],
-                          RUN_DIR / stem, name)
+        cgroups = [root / f"harness.{stem}" for root in (*CGROUP_ROOTS, MEMORY_CGROUP_ROOT)]
+        _remove_leftovers(cgroups, RUN_DIR / stem, name)
         (RUN_DIR / f"{stem}.log").unlink(missing_ok=True)
