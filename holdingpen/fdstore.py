@@ -56,9 +56,15 @@ class FdStore:
         self.notify(message, fds=fds) if fds else self.notify(message)
 
     def _write_state(self):
+        # Whenever the daemon is killed, the state must read as the old facts or the
+        # new: truncating first left it empty between two calls, and an empty state
+        # drops every chunk and loan at the next start. So the new text goes over the
+        # old, padded with blanks (still JSON), and only then is the padding cut.
         data = json.dumps(self.facts).encode()
-        os.ftruncate(self.state_fd, 0)
-        os.pwrite(self.state_fd, data, 0)
+        old_size = os.fstat(self.state_fd).st_size
+        os.pwrite(self.state_fd, data.ljust(old_size), 0)
+        if len(data) < old_size:
+            os.ftruncate(self.state_fd, len(data))
 
 
 class NoStore:
