@@ -354,27 +354,34 @@ class Daemon:
         self.store.remove(self.chunk_names.pop(id(chunk)))
         reply = protocol.encode_reply({"ok": True, "action": protocol.BORROW, "kind": pool.name,
                                        "size": chunk.size_bytes, "fd": request.fd})
+        if not request.fd:
+            chunk.close()          # the memory is free before the client hears so
+        # The loan is the connection's, in systemd's store too, before the client hears
+        # of it, and marked answered once it has: a daemon killed in between leaves
+        # neither a borrower it forgot nor one left waiting, as the next one answers
+        # what is unanswered (_answer_adopted). A failed send returns the loan.
+        store_name = self.store.new_name("loan")
+        conn.loan = (pool.name, loan_id, store_name)
+        self.store.add(store_name, conn.sock.fileno(),
+                       {"pool": pool.name, **loan.as_dict(), "answered": False})
         if request.fd:
             try:
                 socket.send_fds(conn.sock, [reply], [chunk.fd])
             except OSError:        # it went away mid hand-off: the chunk is still ours
+                conn.loan = None
+                self.store.remove(store_name)
                 pool.undo_lend(loan_id, chunk)
                 self._store_chunk(pool, chunk)
                 return self._close(conn)
+            self.store.update(store_name, answered=True)
             chunk.close()          # the client's copy is now the only one
-        else:
-            chunk.close()          # the memory is free before the client hears so
-        store_name = self.store.new_name("loan")
-        conn.loan = (pool.name, loan_id, store_name)
-        self.store.add(store_name, conn.sock.fileno(), {"pool": pool.name, **loan.as_dict()})
         self.events("lent", f"lent {format_size(chunk.size_bytes)} of {pool.name} to "
                     f"{conn.peer.user} ({conn.peer.comm}, pid {conn.peer.pid})"
                     + (", as a descriptor" if request.fd else ""),
                     kind=pool.name, size_bytes=chunk.size_bytes, peer=conn.peer)
         if not request.fd:
-            # Only now that the loan is the connection's: if the client hung up after
-            # asking, the send fails, and closing the connection returns the loan.
             self._send(conn, reply)
+            self.store.update(store_name, answered=True)   # unless the send returned it
 
     def _note_limited(self, peer, message, kind=None):
         """Journal a user going over a limit: once per LIMITED_NOTE_S, with a count, so a
@@ -601,6 +608,7 @@ class Daemon:
     def _adopt(self):
         """Take back what systemd kept for us across a restart."""
         chunks_n = loans_n = dropped = 0
+        unanswered = []
         for name, fd, facts in self.store.passed:
             pool = self.pools.get((facts or {}).get("pool"))
             if name.startswith("chunk.") and pool is not None:
@@ -632,6 +640,8 @@ class Daemon:
                 conn.loan = (pool.name, loan_id, name)
                 self.conns[sock.fileno()] = conn
                 self.sel.register(sock, selectors.EVENT_READ, self._readable)
+                if facts.get("answered") is False:
+                    unanswered.append((conn, pool, loan))
                 loans_n += 1
                 continue
             self.store.remove(name)
@@ -640,8 +650,29 @@ class Daemon:
             dropped += 1
         if chunks_n or loans_n or dropped:
             self.events("adopted", f"kept across the restart: {chunks_n} reservations, "
-                        f"{loans_n} loans; dropped {dropped} that no longer fit",
-                        chunks=chunks_n, loans=loans_n)
+                        f"{loans_n} loans; dropped {dropped} that no longer fit"
+                        + (f"; answering {len(unanswered)} borrowers the last run did not"
+                           if unanswered else ""),
+                        chunks=chunks_n, loans=loans_n, unanswered=len(unanswered))
+        for conn, pool, loan in unanswered:
+            self._answer_adopted(conn, pool, loan)
+
+    def _answer_adopted(self, conn, pool, loan):
+        """Answer a borrower whose daemon was killed after recording its loan but
+        before saying so. Without "fd" the reservation was freed for it already: it
+        has it. A descriptor went down with the daemon that held it: ask again; the
+        loan ends when the client hangs up (if it did get the descriptor after all,
+        it keeps it, and the loan too). A client answered just before the kill gets
+        this second line unread, after the first."""
+        if loan.handed_fd:
+            data = protocol.error_reply(protocol.BUSY, "the daemon restarted while handing "
+                                        "the reservation over; ask again")
+        else:
+            data = protocol.encode_reply({"ok": True, "action": protocol.BORROW,
+                                          "kind": pool.name, "size": loan.size_bytes,
+                                          "fd": False})
+        self._send(conn, data)
+        self.store.update(conn.loan[2], answered=True)
 
 
 def _per_user_limits(limits):

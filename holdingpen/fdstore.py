@@ -52,6 +52,13 @@ class FdStore:
             self._write_state()
         self._send(f"FDSTOREREMOVE=1\nFDNAME={name}")
 
+    def update(self, name, **facts):
+        """Change what is known of a stored descriptor (systemd is not told); a name
+        no longer stored stays gone."""
+        if name in self.facts:
+            self.facts[name] = {**self.facts[name], **facts}
+            self._write_state()
+
     def _send(self, message, fds=None):
         self.notify(message, fds=fds) if fds else self.notify(message)
 
@@ -79,6 +86,9 @@ class NoStore:
         pass
 
     def remove(self, name):
+        pass
+
+    def update(self, name, **facts):
         pass
 
 
