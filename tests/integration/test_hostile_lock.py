@@ -19,6 +19,7 @@ flock(1) users of the new one: they locked a file that is no longer at the path.
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -181,3 +182,28 @@ def test_a_job_holding_the_replaced_file_finishes_and_the_next_takes_the_new_one
     assert (holding.wait(30), nxt.wait(30)) == (0, 0)
     # ... but the next job holds the new file against them.
     assert log.read_text().splitlines() == ["start next", "end next"]
+
+
+def test_a_removed_queue_costs_the_order_not_the_exclusion(jobs, lock, shared_tmp):
+    # Not the lock file but its queue, removed while jobs wait (rm -r /run/perflock.d):
+    # the waiting jobs' tickets went with it, so the kernel's order of flock(2) waiters
+    # decides among them and newcomers, until the queue has drained; each still holds
+    # the lock file while it runs, and nothing is left behind.
+    log = shared_tmp / "log"
+    holder = PerfLock(path=str(lock))
+    holder.acquire()
+    try:
+        waiting = [jobs.queue(lock, job(prog, name, log, lock))
+                   for prog, name in [("perflock", "w1"), ("pls", "w2"), ("perflock", "w3")]]
+        shutil.rmtree(queue_of(lock))
+        late = jobs.start(job("perflock", "late", log, lock))
+        wait_until(lambda: late.pid in pids(lock, "waiting"), "the late job to wait")
+    finally:
+        holder.release()
+    assert [p.wait(30) for p in [*waiting, late]] == [0, 0, 0, 0]
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if "not held" in line], lines
+    starts = [line for line in lines if line.startswith("start")]
+    assert sorted(starts) == ["start late", "start w1", "start w2", "start w3"]
+    assert held_inodes(lock.stat().st_ino) == []
+    assert list(queue_of(lock).iterdir()) == []
