@@ -98,7 +98,7 @@ def test_waiting_jobs_follow_a_replaced_lock_file(jobs, lock, shared_tmp, how, f
            "nothing held after")
 
 
-def test_a_removed_lock_file_new_jobs_are_told_waiting_jobs_go_on(jobs, lock, shared_tmp):
+def test_a_removed_lock_file_new_jobs_are_told_waiting_jobs_go_on(jobs, lock, shared_tmp, figure):
     log = shared_tmp / "log"
     holder = PerfLock(path=str(lock))
     holder.acquire()
@@ -122,6 +122,8 @@ def test_a_removed_lock_file_new_jobs_are_told_waiting_jobs_go_on(jobs, lock, sh
     lock.chmod(0o666)
     assert jobs.run(["perflock", "-n", "true"]).returncode == 0
     assert list(queue_of(lock).iterdir()) == []
+    figure("lock file removed: perflock, pls and wholock exit 66 with one line naming the fix; "
+           "2 waiting jobs ran in order on the file they had; nothing held after")
 
 
 def unwritable(lock):
@@ -134,7 +136,8 @@ def replaced_by_unwritable(lock):
 
 @needs_root
 @pytest.mark.parametrize("how", [unwritable, replaced_by_unwritable])
-def test_an_unwritable_lock_file_new_jobs_are_told_waiting_jobs_go_on(jobs, lock, shared_tmp, how):
+def test_an_unwritable_lock_file_new_jobs_are_told_waiting_jobs_go_on(jobs, lock, shared_tmp, how,
+                                                                      figure):
     # nobody's jobs: root may open any file, so only another user meets the mode.
     log, ready, go = shared_tmp / "log", shared_tmp / "ready", shared_tmp / "go"
     log.touch()
@@ -165,6 +168,8 @@ def test_an_unwritable_lock_file_new_jobs_are_told_waiting_jobs_go_on(jobs, lock
     lock.chmod(0o666)
     assert jobs.run(nobody() + ["perflock", "-n", "true"]).returncode == 0
     assert list(queue_of(lock).iterdir()) == []
+    figure(f"{how.__name__} (as nobody): new perflock and pls exit 66 with one line naming "
+           "chmod 0666; 2 waiting jobs ran in order; nothing held after")
 
 
 def test_a_job_holding_the_replaced_file_finishes_and_the_next_takes_the_new_one(
