@@ -31,7 +31,7 @@ def connect(path):
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         raise Unavailable(f"the holdingpen daemon is not running ({path}); "
-                          "start it with: systemctl start holdingpen.socket") from None
+                          "start it with: systemctl restart holdingpen.socket") from None
     except PermissionError:
         sock.close()
         raise Unavailable(f"no permission to connect to {path}") from None

@@ -90,9 +90,9 @@ def peer_of(sock, proc="/proc"):
             pidfd = None
     peer = Peer(pid, uid, gid, "?", None, pidfd)
     try:
-        with open(f"{proc}/{pid}/comm") as f:
+        with open(f"{proc}/{pid}/comm", errors="replace") as f:   # a name is any bytes
             peer.comm = f.read().strip()
-        with open(f"{proc}/{pid}/stat") as f:
+        with open(f"{proc}/{pid}/stat", errors="replace") as f:
             peer.start_time = int(f.read().rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         pass
@@ -558,7 +558,7 @@ class Daemon:
         for pool in self.pools.values():
             for loan in pool.loans.values():
                 try:
-                    with open(f"{self.proc}/{loan.pid}/comm") as f:
+                    with open(f"{self.proc}/{loan.pid}/comm", errors="replace") as f:
                         loan.command = f.read().strip()
                 except OSError:
                     pass          # gone: its connection's close will tell us soon

@@ -14,6 +14,7 @@ are dropped: the descriptors are the truth.
 
 import json
 import os
+import struct
 
 STATE = "state"
 
@@ -63,15 +64,7 @@ class FdStore:
         self.notify(message, fds=fds) if fds else self.notify(message)
 
     def _write_state(self):
-        # Whenever the daemon is killed, the state must read as the old facts or the
-        # new: truncating first left it empty between two calls, and an empty state
-        # drops every chunk and loan at the next start. So the new text goes over the
-        # old, padded with blanks (still JSON), and only then is the padding cut.
-        data = json.dumps(self.facts).encode()
-        old_size = os.fstat(self.state_fd).st_size
-        os.pwrite(self.state_fd, data.ljust(old_size), 0)
-        if len(data) < old_size:
-            os.ftruncate(self.state_fd, len(data))
+        _write_state(self.state_fd, json.dumps(self.facts).encode())
 
 
 class NoStore:
@@ -92,10 +85,43 @@ class NoStore:
         pass
 
 
+# The state memfd: a header at offset 0 says where the current JSON text is,
+# [offset, offset + length). A new text is written where it overlaps nothing of
+# the current one, and only then does the header point at it. The header is one
+# small write within one page, which a SIGKILL cannot cut in half (the kernel
+# checks for it between pages), so whenever the daemon is killed the state reads
+# as the old facts or the new, never as nothing.
+_MAGIC = b"HPSTATE1"
+_HEADER = struct.Struct("<8sQQ")
+_PAGE = 4096
+
+
+def _write_state(fd, data):
+    offset, length = _current(fd)
+    if not offset or _PAGE + len(data) <= offset:
+        new_offset = _PAGE                 # no current text, or room before it
+    else:
+        new_offset = -(-(offset + length) // _PAGE) * _PAGE    # after it, page-aligned
+    os.pwrite(fd, data, new_offset)
+    os.pwrite(fd, _HEADER.pack(_MAGIC, new_offset, len(data)), 0)
+    if os.fstat(fd).st_size > new_offset + len(data):
+        os.ftruncate(fd, new_offset + len(data))   # the old text, if after ours, is no longer read
+
+
+def _current(fd):
+    """(offset, length) of the current text; (0, 0) when there is none."""
+    header = os.pread(fd, _HEADER.size, 0)
+    if len(header) == _HEADER.size:
+        magic, offset, length = _HEADER.unpack(header)
+        if magic == _MAGIC:
+            return offset, length
+    return 0, 0
+
+
 def _read_state(fd):
     try:
-        size = os.fstat(fd).st_size
-        facts = json.loads(os.pread(fd, size, 0) or b"{}")
+        offset, length = _current(fd)
+        facts = json.loads(os.pread(fd, length, offset) or b"{}") if offset else {}
     except (OSError, ValueError):
         return {}
     return facts if isinstance(facts, dict) else {}

@@ -92,8 +92,3 @@ class Polkit:
                 pass
             self._conn = None
 
-
-def start_time(pid, proc="/proc"):
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    with open(f"{proc}/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[19])

@@ -443,11 +443,6 @@ sys.stdout.flush()
 sys.stdin.read()                  # hold on until the test closes our stdin
 """
 
-COMM_BUG = ("daemon bug: /proc/PID/comm and /proc/PID/stat are read as strict UTF-8 (peer_of, "
-            "_refresh_commands); a name that is not UTF-8 raises UnicodeDecodeError")
-
-
-@pytest.mark.xfail(strict=True, reason=COMM_BUG)
 def test_a_borrower_named_in_invalid_utf8_does_not_crash_the_daemon(bindir, shared_tmp):
     import subprocess
     import sys
@@ -471,7 +466,6 @@ def test_a_borrower_named_in_invalid_utf8_does_not_crash_the_daemon(bindir, shar
         pen.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=COMM_BUG)
 def test_a_client_named_in_invalid_utf8_is_seen_alive(shared_tmp):
     # Without a start time the peer counts as gone: polkit is never asked, the borrow is refused.
     import subprocess

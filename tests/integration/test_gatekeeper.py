@@ -55,7 +55,7 @@ def test_no_daemon(bindir, shared_tmp):
     done = subprocess.run(["gatekeeper", "sh", "-c", "exit 5"], env=env, capture_output=True, text=True)
     assert done.returncode == 5
     assert done.stderr == (f"gatekeeper: the holdingpen daemon is not running ({shared_tmp}/nobody-here.sock); "
-                           "start it with: systemctl start holdingpen.socket; running sh without a reservation\n")
+                           "start it with: systemctl restart holdingpen.socket; running sh without a reservation\n")
     strict = subprocess.run(["gatekeeper", "--strict", "true"], env=env, capture_output=True, text=True)
     assert strict.returncode == 69
     status = subprocess.run(["holdingpen", "status"], env=env, capture_output=True, text=True)

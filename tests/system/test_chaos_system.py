@@ -729,10 +729,6 @@ def test_a_removed_socket_file_keeps_the_loans_and_restarting_the_socket_brings_
            f"(MainPID {old['MainPID']} -> {now['MainPID']}) and kept the loan")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "holdingpen/client.py names `systemctl start holdingpen.socket`, which does nothing "
-    "while the socket unit is active and only its file is gone; `systemctl restart "
-    "holdingpen.socket` is what brings it back (the test above)"))
 def test_the_fix_a_client_names_for_a_removed_socket_file_brings_it_back(ct):
     ct.run(["rm", DOOR])
     try:
