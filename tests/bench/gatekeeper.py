@@ -16,7 +16,6 @@ client must get an answer (borrowed, or pool-empty); the daemon's descriptor
 count must return to what it was, and its RSS should.
 """
 
-import os
 import selectors
 import socket
 import subprocess

@@ -89,7 +89,7 @@ def test_exit_status_is_the_jobs(jobs, command, status):
     done = jobs.run(["perflock", *command])
     assert done.returncode == status
     if status in (126, 127):
-        assert done.stderr.startswith(f"perflock: ")
+        assert done.stderr.startswith("perflock: ")
         assert command[0] in done.stderr
 
 

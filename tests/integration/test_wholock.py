@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from holdingpen.perflock import PerfLock
 
 from lockjobs import blocked, pids, wait_until
 

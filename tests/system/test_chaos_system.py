@@ -44,9 +44,8 @@ import pytest
 from conftest import (BORROWERS, CHECKOUT, SRC_IN_CONTAINER, USERS, platform_problem,
                       readme_install_command)
 from nspawn import MEMORY_CGROUP_ROOT, Container, sweep_stale
+from daemonctl import SERVICE, SETTLE_S, SOCKET, counts, events, journal, journal_mark, show, wait_for
 
-SERVICE = "holdingpen.service"
-SOCKET = "holdingpen.socket"
 DOOR = "/run/holdingpen.socket"
 CONFIG_DIR = "/etc/holdingpen"
 CONFIG_PATH = f"{CONFIG_DIR}/holdingpen.toml"
@@ -82,7 +81,6 @@ KILLS = int(os.environ.get("HOLDINGPEN_CHAOS_KILLS", "100"))
 KILL_DELAY_MAX_S = 0.5        # after the churn resumes, the kill comes within this
 LEAK_TOLERANCE_BYTES = 32 * MIB   # half a chunk: one leaked 64 MiB chunk is over it
 HOLD = ["sh", "-c", "echo holding; read _; exit 3"]
-SETTLE_S = 15.0
 POLL_S = 0.02
 
 # A raw-protocol borrower, run as alice: borrows a kind from KINDS at random
@@ -229,59 +227,10 @@ for line in sys.stdin:
 
 # ---- what an admin looks at ----
 
-def show(ct, *properties, unit=SERVICE):
-    """`systemctl show -p ...` as {property: value}."""
-    out = ct.run(["systemctl", "show", unit, *[f"-p{p}" for p in properties]]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
 
 def status(ct, user="carol"):
     return json.loads(ct.run(["holdingpen", "status", "--json"], user=user).stdout)
 
-
-def counts(reply):
-    """{pool: (count, held, lent)}."""
-    return {p["name"]: (p["count"], p["held"], p["lent"]) for p in reply["pools"]}
-
-
-def wait_for(what, probe, ok=bool, timeout_s=SETTLE_S):
-    """probe()'s first value that is ok() within timeout_s; fails naming what and the last value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}; last saw {value!r}")
-        time.sleep(POLL_S)
-
-
-def journal_mark(ct):
-    """Where the journal ends now: (seqnum id, seqnum) of its last entry."""
-    out = ct.run(["journalctl", "--no-pager", "-n", "0", "--show-cursor"]).stdout
-    cursor = next(line.removeprefix("-- cursor: ") for line in out.splitlines()
-                  if line.startswith("-- cursor: "))
-    return _seqnum(cursor)
-
-
-def _seqnum(cursor):
-    fields = dict(part.split("=", 1) for part in cursor.split(";"))
-    return fields["s"], int(fields["i"], 16)
-
-
-def journal(ct, *matches, after):
-    """The daemon's journal entries after the journal_mark() `after` (not
-    --after-cursor: test_holdingpen_system.journal says why)."""
-    ct.run(["journalctl", "--sync"])
-    out = ct.run(["journalctl", "--no-pager", "-q", "-o", "json", "-u", "holdingpen",
-                  *matches]).stdout
-    entries = [json.loads(line) for line in out.splitlines()]
-    return [e for e in entries
-            if (seqnum := _seqnum(e["__CURSOR"]))[0] != after[0] or seqnum[1] > after[1]]
-
-
-def events(entries):
-    return [e["HOLDINGPEN_EVENT"] for e in entries if "HOLDINGPEN_EVENT" in e]
 
 
 def write_config(ct, text):

@@ -25,9 +25,8 @@ from contextlib import contextmanager
 import pytest
 
 from conftest import USERS
+from daemonctl import SERVICE, SOCKET, counts, events, journal, journal_mark, show, wait_for
 
-SERVICE = "holdingpen.service"
-SOCKET = "holdingpen.socket"
 UNIT_DIR = "/usr/local/lib/systemd/system"
 CONFIG_DIR = "/etc/holdingpen"
 CONFIG_PATH = f"{CONFIG_DIR}/holdingpen.toml"
@@ -52,16 +51,9 @@ MESSAGE_ID_CONFIG_REFUSED = "c869fe7717b44da6be8c1b79c67b05a3"
 CLIENT_EVENTS = {"lent", "returned", "refused", "bad-client"}
 HOLD = ["sh", "-c", "echo holding; read _; exit 3"]
 ONLOOKER = "carol"     # any user may ask for the status
-SETTLE_S = 15.0        # deadline for what systemd and the reserver thread do on their own
-POLL_S = 0.05
 
 
 # ---- what an admin looks at ----
-
-def show(ct, *properties, unit=SERVICE):
-    """`systemctl show -p ...` as {property: value}."""
-    out = ct.run(["systemctl", "show", unit, *[f"-p{p}" for p in properties]]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def status_text(ct):
@@ -77,60 +69,6 @@ def status(ct, user=ONLOOKER):
 def pool(reply, name):
     return next(p for p in reply["pools"] if p["name"] == name)
 
-
-def counts(reply):
-    """{pool: (count, held, lent)}: what a status reply says about the pool's fill."""
-    return {p["name"]: (p["count"], p["held"], p["lent"]) for p in reply["pools"]}
-
-
-def journal_mark(ct):
-    """Where the journal ends now: (seqnum id, seqnum) of its last entry."""
-    out = ct.run(["journalctl", "--no-pager", "-n", "0", "--show-cursor"]).stdout
-    cursor = next(line.removeprefix("-- cursor: ") for line in out.splitlines()
-                  if line.startswith("-- cursor: "))
-    return _seqnum(cursor)
-
-
-def _seqnum(cursor):
-    fields = dict(part.split("=", 1) for part in cursor.split(";"))
-    return fields["s"], int(fields["i"], 16)
-
-
-def journal(ct, *matches, after=None, this_boot=False):
-    """`journalctl -u holdingpen -o json [MATCH...]` as a list of entries,
-    only those after the journal_mark() `after` if given.
-
-    --sync first: journald stores everything sent before it returns, so an
-    event the daemon has logged is there to read. Not --after-cursor: in
-    systemd 252 it skips the first matching entry whenever the cursor's own
-    entry does not match (it steps over two entries, assuming the first is the
-    cursor's), so the one "lent" entry after a mark came back as nothing.
-    """
-    ct.run(["journalctl", "--sync"])
-    argv = ["journalctl", "--no-pager", "-q", "-o", "json", "-u", "holdingpen"]
-    argv += ["-b"] if this_boot else []
-    out = ct.run(argv + list(matches)).stdout
-    entries = [json.loads(line) for line in out.splitlines()]
-    if after is None:
-        return entries
-    return [e for e in entries
-            if (seqnum := _seqnum(e["__CURSOR"]))[0] != after[0] or seqnum[1] > after[1]]
-
-
-def events(entries):
-    return [e["HOLDINGPEN_EVENT"] for e in entries if "HOLDINGPEN_EVENT" in e]
-
-
-def wait_for(what, probe, ok=bool, timeout_s=SETTLE_S):
-    """probe()'s first value that is ok() within timeout_s; fails naming what and the last value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}; last saw {value!r}")
-        time.sleep(POLL_S)
 
 
 def wait_for_counts(ct, expected):

@@ -26,16 +26,13 @@ import pytest
 
 from conftest import CHECKOUT, SRC_IN_CONTAINER, USERS, readme_install_command
 from nspawn import Container
+from daemonctl import SERVICE, SOCKET, journal, journal_mark, show, wait_for
 
-SERVICE = "holdingpen.service"
-SOCKET = "holdingpen.socket"
 POLKIT = "polkit.service"           # Debian 12: static, D-Bus activated (SystemdService=)
 UNIT_DIR = "/usr/local/lib/systemd/system"
 CONFIG_DIR = "/etc/holdingpen"
 CONFIG_PATH = f"{CONFIG_DIR}/holdingpen.toml"
 DEFAULT_STATUS_TEXT = "memory 1/1 held (256 MiB)"   # no config file
-SETTLE_S = 15.0
-POLL_S = 0.05
 CAP_IPC_LOCK = 1 << 14
 
 # What the daemon says to whoever polkit refuses (authorize.WHO_MAY), and
@@ -93,27 +90,11 @@ for s in conns:
 
 # ---- what an admin looks at ----
 
-def show(ct, *properties, unit=SERVICE):
-    """`systemctl show -p ...` as {property: value}."""
-    out = ct.run(["systemctl", "show", unit, *[f"-p{p}" for p in properties]]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
 
 def status(ct, user="root"):
     """`holdingpen status --json` as user."""
     return json.loads(ct.run(["holdingpen", "status", "--json"], user=user).stdout)
 
-
-def wait_for(what, probe, ok=bool, timeout_s=SETTLE_S):
-    """probe()'s first value that is ok() within timeout_s; fails naming what and the last value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}; last saw {value!r}")
-        time.sleep(POLL_S)
 
 
 def wait_until_full(ct):
@@ -127,32 +108,6 @@ def wait_until_full(ct):
                     lambda r: all(p["held"] == p["count"] and not p["lent"] and
                                   not p["reserving"] for p in r["pools"]))
 
-
-def journal_mark(ct):
-    """Where the journal ends now: (seqnum id, seqnum) of its last entry."""
-    out = ct.run(["journalctl", "--no-pager", "-n", "0", "--show-cursor"]).stdout
-    cursor = next(line.removeprefix("-- cursor: ") for line in out.splitlines()
-                  if line.startswith("-- cursor: "))
-    return _seqnum(cursor)
-
-
-def _seqnum(cursor):
-    fields = dict(part.split("=", 1) for part in cursor.split(";"))
-    return fields["s"], int(fields["i"], 16)
-
-
-def journal(ct, *matches, after):
-    """holdingpen's journal entries (JSON) after the journal_mark() `after`.
-
-    Not --after-cursor: systemd 252 skips the first match after a cursor
-    whose own entry does not match (see test_holdingpen_system.journal).
-    """
-    ct.run(["journalctl", "--sync"])
-    out = ct.run(["journalctl", "--no-pager", "-q", "-o", "json", "-u", "holdingpen",
-                  *matches]).stdout
-    entries = [json.loads(line) for line in out.splitlines()]
-    return [e for e in entries
-            if (seqnum := _seqnum(e["__CURSOR"]))[0] != after[0] or seqnum[1] > after[1]]
 
 
 def decisions(entries):

@@ -1,0 +1,72 @@
+"""systemctl and journalctl, as the system tests ask them about the holdingpen units."""
+
+import json
+import time
+
+import pytest
+
+SERVICE = "holdingpen.service"
+SOCKET = "holdingpen.socket"
+SETTLE_S = 15.0        # deadline for what systemd and the daemon's threads do on their own
+POLL_S = 0.05
+
+
+def show(ct, *properties, unit=SERVICE):
+    """`systemctl show -p ...` as {property: value}."""
+    out = ct.run(["systemctl", "show", unit, *[f"-p{p}" for p in properties]]).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def counts(reply):
+    """{pool: (count, held, lent)}: what a status reply says about the pool's fill."""
+    return {p["name"]: (p["count"], p["held"], p["lent"]) for p in reply["pools"]}
+
+
+def wait_for(what, probe, ok=bool, timeout_s=SETTLE_S):
+    """probe()'s first value that is ok() within timeout_s; fails naming what and the last value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}; last saw {value!r}")
+        time.sleep(POLL_S)
+
+
+def journal_mark(ct):
+    """Where the journal ends now: (seqnum id, seqnum) of its last entry."""
+    out = ct.run(["journalctl", "--no-pager", "-n", "0", "--show-cursor"]).stdout
+    cursor = next(line.removeprefix("-- cursor: ") for line in out.splitlines()
+                  if line.startswith("-- cursor: "))
+    return _seqnum(cursor)
+
+
+def _seqnum(cursor):
+    fields = dict(part.split("=", 1) for part in cursor.split(";"))
+    return fields["s"], int(fields["i"], 16)
+
+
+def journal(ct, *matches, after=None, this_boot=False):
+    """`journalctl -u holdingpen -o json [MATCH...]` as a list of entries,
+    only those after the journal_mark() `after` if given.
+
+    --sync first: journald stores everything sent before it returns, so an
+    event the daemon has logged is there to read. Not --after-cursor: in
+    systemd 252 it skips the first matching entry whenever the cursor's own
+    entry does not match (it steps over two entries, assuming the first is the
+    cursor's), so the one "lent" entry after a mark came back as nothing.
+    """
+    ct.run(["journalctl", "--sync"])
+    argv = ["journalctl", "--no-pager", "-q", "-o", "json", "-u", "holdingpen"]
+    argv += ["-b"] if this_boot else []
+    out = ct.run(argv + list(matches)).stdout
+    entries = [json.loads(line) for line in out.splitlines()]
+    if after is None:
+        return entries
+    return [e for e in entries
+            if (seqnum := _seqnum(e["__CURSOR"]))[0] != after[0] or seqnum[1] > after[1]]
+
+
+def events(entries):
+    return [e["HOLDINGPEN_EVENT"] for e in entries if "HOLDINGPEN_EVENT" in e]
