@@ -470,7 +470,7 @@ def test_a_client_named_in_invalid_utf8_is_seen_alive(shared_tmp):
     # Without a start time the peer counts as gone: polkit is never asked, the borrow is refused.
     import subprocess
     import sys
-    from holdingpen.daemon import peer_of
+    from holdingpen.peer import peer_of
     path = str(shared_tmp / "listen.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     listener.bind(path)

@@ -8,7 +8,7 @@ import pytest
 
 from holdingpen import polkit
 from holdingpen.authorize import WHO_MAY, Authorizer
-from holdingpen.daemon import Peer
+from holdingpen.peer import Peer
 
 
 class Answers:
