@@ -263,8 +263,12 @@ def test_memory_pressure(bindir, shared_tmp, figure):
         st = os.fstat(last[1])
         assert st.st_size == size and st.st_blocks * 512 == size
         assert ask_borrow(pen, "memory")["error"] == "pool-empty"
-        wait_until(lambda: len(retry_delays_s(pen)) >= 2, "another try", timeout_s=10)
-        assert retry_delays_s(pen)[:2] == [1, 2]
+        # Another try after 1 s, and another after 2 more: unless something else on the
+        # machine freed memory meanwhile and a try succeeded (a shared machine does that).
+        wait_until(lambda: len(retry_delays_s(pen)) >= 2 or pen.pool()["held"] == 1,
+                   "another try", timeout_s=10)
+        if pen.pool()["held"] == 0:
+            assert retry_delays_s(pen)[:2] == [1, 2]
 
         let_go_at = time.monotonic()
         hog.stdin.close()                        # the hog lets go
