@@ -6,6 +6,7 @@ import socket
 import subprocess
 import threading
 
+from holdingpen import headroom
 from lockjobs import wait_until
 
 MiB = 1 << 20
@@ -157,19 +158,9 @@ def vmstat(field):
 
 
 def available_bytes():
-    """MemAvailable, plus the free pages the kernel keeps on per-CPU lists.
-
-    Linux 6.x keeps up to a few hundred MiB of just-freed pages per CPU
-    (/proc/zoneinfo, "pagesets ... count:") out of MemAvailable, so a freed
-    256 MiB may not show there at all; counted together, it does.
-    """
-    pcp_pages = 0
-    with open("/proc/zoneinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[:1] == ["count:"]:
-                pcp_pages += int(fields[1])
-    return meminfo("MemAvailable") + pcp_pages * os.sysconf("SC_PAGE_SIZE")
+    """MemAvailable as the daemon counts it: with the kernel's per-CPU free lists
+    (headroom.read_meminfo), where a freed chunk can sit unseen for a while."""
+    return headroom.read_meminfo()["MemAvailable"]
 
 
 def connect(path):

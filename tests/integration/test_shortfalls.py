@@ -195,11 +195,12 @@ target, lowest = int(sys.argv[1]), int(sys.argv[2])
 STEP, MiB = 256 << 20, 1 << 20
 
 
-def available():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+sys.path.insert(0, sys.argv[3])
+from holdingpen import headroom
+
+
+def available():                     # as the daemon counts it: with the per-CPU free lists
+    return headroom.read_meminfo()["MemAvailable"]
 
 
 fd = os.memfd_create("hog", os.MFD_CLOEXEC)
@@ -239,7 +240,7 @@ def test_memory_pressure(bindir, shared_tmp, figure):
         # ... and the hog takes them and all else but a floor + half a chunk: too little
         # for the daemon to reserve another chunk (it wants the floor + a whole one).
         hog = subprocess.Popen(["/usr/bin/python3", "-c", HOG, str(floor + size // 2),
-                                str(floor + size // 4)],
+                                str(floor + size // 4), os.path.dirname(os.path.dirname(headroom.__file__))],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         hogged = read_ready_line(hog, 50)
         pcp_peak = available_bytes() - meminfo("MemAvailable")   # free, but not in MemAvailable

@@ -1,7 +1,9 @@
-"""systemctl and journalctl, as the system tests ask them about the holdingpen units."""
+"""systemctl and journalctl, as the system tests ask them about the holdingpen units;
+and gatekeeper, as a user runs it."""
 
 import json
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -9,6 +11,9 @@ SERVICE = "holdingpen.service"
 SOCKET = "holdingpen.socket"
 SETTLE_S = 15.0        # deadline for what systemd and the daemon's threads do on their own
 POLL_S = 0.05
+# A job that holds its loan: its first line proves it runs, and closing its
+# stdin ends it with status 3, none of gatekeeper's own codes.
+HOLD = ["sh", "-c", "echo holding; read _; exit 3"]
 
 
 def show(ct, *properties, unit=SERVICE):
@@ -70,3 +75,15 @@ def journal(ct, *matches, after=None, this_boot=False):
 
 def events(entries):
     return [e["HOLDINGPEN_EVENT"] for e in entries if "HOLDINGPEN_EVENT" in e]
+
+
+@contextmanager
+def borrowing(ct, user, *options):
+    """`gatekeeper [options] HOLD` run by user, holding its loan inside the block."""
+    job = ct.popen(["gatekeeper", *options, *HOLD], user=user)
+    try:
+        line = job.read_line()
+        assert line == "holding", line
+        yield job
+    finally:
+        job.stop()  # no-op if the test already let it finish

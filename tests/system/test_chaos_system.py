@@ -41,10 +41,12 @@ from contextlib import contextmanager
 
 import pytest
 
+from holdingpen import headroom
+
 from conftest import (BORROWERS, CHECKOUT, SRC_IN_CONTAINER, USERS, platform_problem,
                       readme_install_command)
 from nspawn import MEMORY_CGROUP_ROOT, Container, sweep_stale
-from daemonctl import SERVICE, SETTLE_S, SOCKET, counts, events, journal, journal_mark, show, wait_for
+from daemonctl import SERVICE, SETTLE_S, SOCKET, borrowing, counts, events, journal, journal_mark, show, wait_for
 
 DOOR = "/run/holdingpen.socket"
 CONFIG_DIR = "/etc/holdingpen"
@@ -80,7 +82,6 @@ DROP_IN = "[Unit]\nStartLimitIntervalSec=0\n\n[Service]\nRestartSec=100ms\n"
 KILLS = int(os.environ.get("HOLDINGPEN_CHAOS_KILLS", "100"))
 KILL_DELAY_MAX_S = 0.5        # after the churn resumes, the kill comes within this
 LEAK_TOLERANCE_BYTES = 32 * MIB   # half a chunk: one leaked 64 MiB chunk is over it
-HOLD = ["sh", "-c", "echo holding; read _; exit 3"]
 POLL_S = 0.02
 
 # A raw-protocol borrower, run as alice: borrows a kind from KINDS at random
@@ -280,18 +281,6 @@ def configured(ct, text, drop_in=None):
 
 # ---- what users run ----
 
-@contextmanager
-def borrowing(ct, user, *options):
-    """`gatekeeper [options] HOLD` run by user, holding its loan inside the block."""
-    job = ct.popen(["gatekeeper", *options, *HOLD], user=user)
-    try:
-        line = job.read_line()
-        assert line == "holding", line
-        yield job
-    finally:
-        job.stop()
-
-
 class Churn:
     """A CHURN client in the container, steered through its stdin."""
 
@@ -338,24 +327,9 @@ class Prober:
 
 # ---- the machine's memory and space ----
 
-def _meminfo_bytes(field):
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
 def available_bytes():
-    """MemAvailable plus the kernel's per-CPU free lists (as tests/integration/pen.py):
-    a freed chunk may sit on those lists, out of MemAvailable, for a while."""
-    pcp_pages = 0
-    with open("/proc/zoneinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[:1] == ["count:"]:
-                pcp_pages += int(fields[1])
-    return _meminfo_bytes("MemAvailable") + pcp_pages * os.sysconf("SC_PAGE_SIZE")
+    """MemAvailable with the kernel's per-CPU free lists, as the daemon counts it."""
+    return headroom.read_meminfo()["MemAvailable"]
 
 
 def _used_bytes(path):

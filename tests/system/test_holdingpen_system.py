@@ -20,12 +20,11 @@ the daemon's back: refills, restarts by systemd, reloads.
 import json
 import stat
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from conftest import USERS
-from daemonctl import SERVICE, SOCKET, counts, events, journal, journal_mark, show, wait_for
+from daemonctl import SERVICE, SOCKET, borrowing, counts, events, journal, journal_mark, show, wait_for
 
 UNIT_DIR = "/usr/local/lib/systemd/system"
 CONFIG_DIR = "/etc/holdingpen"
@@ -49,7 +48,6 @@ DEFAULT_STATUS_TEXT = "memory 1/1 held (256 MiB)"   # no config file
 MESSAGE_ID_LENT = "2cabcc72c2cd4c1589e4f0cada6ab4c8"
 MESSAGE_ID_CONFIG_REFUSED = "c869fe7717b44da6be8c1b79c67b05a3"
 CLIENT_EVENTS = {"lent", "returned", "refused", "bad-client"}
-HOLD = ["sh", "-c", "echo holding; read _; exit 3"]
 ONLOOKER = "carol"     # any user may ask for the status
 
 
@@ -95,18 +93,6 @@ def write_config(ct, text):
 
 
 # ---- what a user runs ----
-
-@contextmanager
-def borrowing(ct, user, *options):
-    """`gatekeeper [options] HOLD` run by user, holding its loan inside the block."""
-    job = ct.popen(["gatekeeper", *options, *HOLD], user=user)
-    try:
-        line = job.read_line()
-        assert line == "holding", line
-        yield job
-    finally:
-        job.stop()  # no-op if the test already let it finish
-
 
 @pytest.fixture
 def small_pool(ct):
