@@ -128,7 +128,7 @@ class Daemon:
 
     def status(self):
         """The daemon's status reply (a dict), or None while it is not listening yet."""
-        from holdingpen import client, protocol
+        from holdingpen.pen import client, protocol
         try:
             sock = client.connect(self.socket)
         except client.Unavailable:

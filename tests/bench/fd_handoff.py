@@ -1,6 +1,6 @@
 """Hand-off with --fd: connect -> the answer and the memfd received, beside a bare SCM_RIGHTS round trip.
 
-A Python client (holdingpen.client, as gatekeeper uses it) borrows a 64 MiB
+A Python client (holdingpen.pen.client, as gatekeeper uses it) borrows a 64 MiB
 chunk as a descriptor, closes it and its connection, and the daemon reserves
 a new chunk in the background. The baseline is a tiny C server, started in
 the same run, that reads the same request line and answers with the same
@@ -28,7 +28,8 @@ import time
 from benchlib import MiB, Daemon, Setup, compile_c, median, memory_config, percentile, report
 
 sys.path.insert(0, str(__import__("benchlib").REPO))
-from holdingpen import client, protocol  # noqa: E402
+from holdingpen.pen import client
+from holdingpen.pen import protocol  # noqa: E402
 
 BORROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000
 CHUNK_BYTES = 64 * MiB

@@ -25,7 +25,7 @@ import time
 from benchlib import PYTHON, Daemon, Setup, median, memory_config, report, wall_ms
 
 sys.path.insert(0, str(__import__("benchlib").REPO))
-from holdingpen import protocol  # noqa: E402
+from holdingpen.pen import protocol  # noqa: E402
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 CLIENTS = int(sys.argv[2]) if len(sys.argv) > 2 else 1000

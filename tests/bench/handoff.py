@@ -16,8 +16,8 @@ import sys
 from benchlib import Setup, median, report
 
 sys.path.insert(0, str(__import__("benchlib").REPO))
-from holdingpen import proclocks  # noqa: E402
-from holdingpen.perflock import PerfLock  # noqa: E402
+from holdingpen.lock import proclocks  # noqa: E402
+from holdingpen.lock.perflock import PerfLock  # noqa: E402
 
 JOBS = int(sys.argv[1]) if len(sys.argv) > 1 else 250
 

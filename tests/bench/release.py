@@ -2,7 +2,7 @@
 
 Without --fd the daemon closes its memfd, freeing the memory, before it
 answers; so by the time the reply arrives MemAvailable should be up by the
-chunk's size. The client (holdingpen.client) connects, borrows, reads
+chunk's size. The client (holdingpen.pen.client) connects, borrows, reads
 MemAvailable at once and then polls it until it is up by half the chunk,
 keeping its loan open meanwhile (closing it would start the
 re-reservation). Half, not all: the kernel keeps freed pages in per-CPU
@@ -24,7 +24,8 @@ from benchlib import (GiB, Daemon, MemAvailable, Setup, compile_c, free_page_rep
                       memory_config, percentile, report)
 
 sys.path.insert(0, str(__import__("benchlib").REPO))
-from holdingpen import client, protocol  # noqa: E402
+from holdingpen.pen import client
+from holdingpen.pen import protocol  # noqa: E402
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 40
 CHUNK_BYTES = GiB

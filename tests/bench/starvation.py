@@ -17,7 +17,7 @@ import time
 from benchlib import Setup
 
 sys.path.insert(0, str(__import__("benchlib").REPO))
-from holdingpen.perflock import PerfLock  # noqa: E402
+from holdingpen.lock.perflock import PerfLock  # noqa: E402
 
 HOLD_S = 0.02
 READERS = 3

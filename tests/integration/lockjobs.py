@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from holdingpen import proclocks, who
+from holdingpen.lock import proclocks, who
 
 
 def wait_until(predicate, what, timeout_s=20.0):

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import threading
 
-from holdingpen import headroom
+from holdingpen.pen import headroom
 from lockjobs import wait_until
 
 MiB = 1 << 20

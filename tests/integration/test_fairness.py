@@ -3,7 +3,7 @@
 import subprocess
 import time
 
-from holdingpen.perflock import PerfLock
+from holdingpen.lock.perflock import PerfLock
 
 from lockjobs import pids, wait_until
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from holdingpen.perflock import PerfLock
+from holdingpen.lock.perflock import PerfLock
 
 from lockjobs import pids, process_state, running, wait_until
 

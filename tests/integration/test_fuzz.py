@@ -29,8 +29,8 @@ import time
 
 import pytest
 
-from holdingpen import protocol
-from holdingpen.protocol import MAX_LINE_BYTES, ProtocolError, decode_request
+from holdingpen.pen import protocol
+from holdingpen.pen.protocol import MAX_LINE_BYTES, ProtocolError, decode_request
 
 from lockjobs import wait_until
 from pen import MiB, Pen, connect, write_config
@@ -446,7 +446,7 @@ sys.stdin.read()                  # hold on until the test closes our stdin
 def test_a_borrower_named_in_invalid_utf8_does_not_crash_the_daemon(bindir, shared_tmp):
     import subprocess
     import sys
-    from holdingpen.daemon import COMMAND_REFRESH_S
+    from holdingpen.pen.daemon import COMMAND_REFRESH_S
     pen = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", memory_count=2,
                                                size="8M"))
     named = None
@@ -470,7 +470,7 @@ def test_a_client_named_in_invalid_utf8_is_seen_alive(shared_tmp):
     # Without a start time the peer counts as gone: polkit is never asked, the borrow is refused.
     import subprocess
     import sys
-    from holdingpen.peer import peer_of
+    from holdingpen.pen.peer import peer_of
     path = str(shared_tmp / "listen.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     listener.bind(path)

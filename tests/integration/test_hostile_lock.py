@@ -24,8 +24,8 @@ import subprocess
 
 import pytest
 
-from holdingpen import proclocks
-from holdingpen.perflock import PerfLock
+from holdingpen.lock import proclocks
+from holdingpen.lock.perflock import PerfLock
 
 from lockjobs import needs_root, nobody, pids, wait_until
 

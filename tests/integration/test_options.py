@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from holdingpen.perflock import PerfLock
+from holdingpen.lock.perflock import PerfLock
 
 from lockjobs import needs_root, nobody, rows
 

@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from holdingpen import proclocks
+from holdingpen.lock import proclocks
 
 from lockjobs import process_state, rows, wait_until
 
@@ -48,7 +48,7 @@ import fcntl, os, sys, time
 started_ns = time.monotonic_ns()
 repo, log, witness, lock, mode, duration_s = sys.argv[1:7]
 sys.path.insert(0, repo)
-from holdingpen import proclocks
+from holdingpen.lock import proclocks
 wrapper = os.getppid()
 problems = []
 w = os.open(witness, os.O_RDONLY | os.O_CLOEXEC)

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from holdingpen import headroom
-from holdingpen.sizes import format_size
+from holdingpen.pen import headroom
+from holdingpen.pen.sizes import format_size
 from lockjobs import needs_root, wait_until
 from pen import MiB, Pen, available_bytes, connect, meminfo, read_line, vmstat
 
@@ -196,7 +196,7 @@ STEP, MiB = 256 << 20, 1 << 20
 
 
 sys.path.insert(0, sys.argv[3])
-from holdingpen import headroom
+from holdingpen.pen import headroom
 
 
 def available():                     # as the daemon counts it: with the per-CPU free lists

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from holdingpen import headroom
+from holdingpen.pen import headroom
 
 from conftest import (BORROWERS, CHECKOUT, SRC_IN_CONTAINER, USERS, platform_problem,
                       readme_install_command)

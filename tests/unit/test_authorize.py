@@ -6,9 +6,9 @@ import pwd
 
 import pytest
 
-from holdingpen import polkit
-from holdingpen.authorize import WHO_MAY, Authorizer
-from holdingpen.peer import Peer
+from holdingpen.pen import polkit
+from holdingpen.pen.authorize import WHO_MAY, Authorizer
+from holdingpen.pen.peer import Peer
 
 
 class Answers:

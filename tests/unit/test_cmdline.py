@@ -2,8 +2,8 @@
 
 import pytest
 
-from holdingpen import perflock_cmd, wholock_cmd
-from holdingpen.cmdline import UsageError, parse
+from holdingpen.cli import perflock as perflock_cmd, wholock as wholock_cmd
+from holdingpen.common.cmdline import UsageError, parse
 
 DEFAULTS = {"shared": False, "nonblock": False, "timeout_s": None, "conflict_exit": None,
             "message": None, "quiet": False, "lock": None, "help": False}

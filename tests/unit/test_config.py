@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from holdingpen import config
-from holdingpen.config import MAX_COUNT, ConfigError, PoolSpec, load, parse
+from holdingpen.pen import config
+from holdingpen.pen.config import MAX_COUNT, ConfigError, PoolSpec, load, parse
 
 SOURCE = "/etc/holdingpen/holdingpen.toml"
 GiB = 1073741824

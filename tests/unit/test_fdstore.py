@@ -6,7 +6,7 @@ import random
 import signal
 import time
 
-from holdingpen import fdstore
+from holdingpen.pen import fdstore
 
 
 def facts(n, width=100, mark=0):

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from holdingpen import headroom
-from holdingpen.headroom import floor_bytes, has_swap, memory_shortfall, parse_meminfo, read_meminfo
+from holdingpen.pen import headroom
+from holdingpen.pen.headroom import floor_bytes, has_swap, memory_shortfall, parse_meminfo, read_meminfo
 
 MiB = 1048576
 GiB = 1073741824

@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from holdingpen.perflock import _flock_problem, lock_path, missing_lock_file
+from holdingpen.lock.perflock import _flock_problem, lock_path, missing_lock_file
 
 
 @pytest.mark.parametrize("path, environ, expected", [

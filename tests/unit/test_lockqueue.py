@@ -2,7 +2,7 @@
 
 import pytest
 
-from holdingpen.lockqueue import (EXCLUSIVE as X, HOLDING, SHARED as S, WAITING, arrange,
+from holdingpen.lock.lockqueue import (EXCLUSIVE as X, HOLDING, SHARED as S, WAITING, arrange,
                                   blockers, next_seq, parse_ticket, ticket_name)
 
 

@@ -5,8 +5,8 @@ Chunks are plain strings here: the pool treats them as opaque.
 
 import pytest
 
-from holdingpen.config import PoolSpec
-from holdingpen.pool import IllegalTransition, Loan, Pool, status_line
+from holdingpen.pen.config import PoolSpec
+from holdingpen.pen.pool import IllegalTransition, Loan, Pool, status_line
 
 MiB = 1048576
 GiB = 1073741824

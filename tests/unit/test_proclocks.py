@@ -2,7 +2,7 @@
 
 import os
 
-from holdingpen.proclocks import flocks_on, parse
+from holdingpen.lock.proclocks import flocks_on, parse
 
 TABLE = """\
 1: FLOCK  ADVISORY  WRITE 2723 fe:00:2146402 0 EOF

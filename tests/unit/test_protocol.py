@@ -2,7 +2,7 @@
 
 import pytest
 
-from holdingpen.protocol import (BAD_REQUEST, BORROW, MAX_LINE_BYTES, POOL_EMPTY, STATUS, TOO_LONG,
+from holdingpen.pen.protocol import (BAD_REQUEST, BORROW, MAX_LINE_BYTES, POOL_EMPTY, STATUS, TOO_LONG,
                                  ProtocolError, Request, decode_reply, decode_request,
                                  encode_reply, encode_request, error_reply)
 

@@ -18,7 +18,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from holdingpen.protocol import (BAD_REQUEST, BORROW, MAX_LINE_BYTES, STATUS, TOO_LONG,
+from holdingpen.pen.protocol import (BAD_REQUEST, BORROW, MAX_LINE_BYTES, STATUS, TOO_LONG,
                                  ProtocolError, Request, decode_reply, decode_request,
                                  encode_request, error_reply)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from holdingpen.ratelimit import Limits
+from holdingpen.pen.ratelimit import Limits
 
 
 def test_connections_per_user():

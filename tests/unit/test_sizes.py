@@ -2,7 +2,7 @@
 
 import pytest
 
-from holdingpen.sizes import format_size, parse_size
+from holdingpen.pen.sizes import format_size, parse_size
 
 # Expected values are written out in bytes, not computed from the units.
 GOOD = [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from holdingpen.text import age, holders
+from holdingpen.common.text import age, holders
 
 
 @pytest.mark.parametrize("seconds, text", [

@@ -27,10 +27,10 @@ import socket
 import threading
 import time
 
-from holdingpen import chunks, config, headroom, protocol
-from holdingpen.peer import allow_connected, peer_of
-from holdingpen.pool import Loan, Pool, status_line
-from holdingpen.sizes import format_size
+from holdingpen.pen import chunks, config, headroom, protocol
+from holdingpen.pen.peer import allow_connected, peer_of
+from holdingpen.pen.pool import Loan, Pool, status_line
+from holdingpen.pen.sizes import format_size
 
 MAX_CONNECTIONS = 4096        # beyond this a client is told "busy" at once
 RETRY_FIRST_S = 1.0           # after a shortfall, try again after this, doubling ...
@@ -610,7 +610,7 @@ class Daemon:
 
 
 def _per_user_limits(limits):
-    from holdingpen.ratelimit import Limits
+    from holdingpen.pen.ratelimit import Limits
     return Limits(limits["connections_per_user"], limits["borrows_per_second"],
                   limits["borrow_burst"])
 

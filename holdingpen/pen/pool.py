@@ -20,7 +20,7 @@ missing again, so the shell reserves a new chunk. Loans may outnumber count
 for a while after a reload lowered it, or after a restart adopted them.
 """
 
-from holdingpen.sizes import format_size
+from holdingpen.pen.sizes import format_size
 
 
 class IllegalTransition(Exception):

@@ -15,12 +15,9 @@ told apart from a kill(2) aimed at us, which we pass on.
 import _signal as signal   # the signal module only wraps it in enums, which cost 5 ms to import
 import os
 
-from holdingpen import deathsig
+from holdingpen.common import deathsig, exits
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-SIGNAL_BASE = 128          # 128+N: died of signal N, as the shell says it
-EXIT_CANNOT_RUN = 126      # found but not executable, as the shell
-EXIT_NOT_FOUND = 127       # not found, as the shell
 _SI_KERNEL = 0x80
 
 
@@ -42,7 +39,7 @@ def find_program(name, search_path):
 def exit_status(wait_status):
     """A waitpid() status as an exit status: the code, or 128+N for signal N."""
     code = os.waitstatus_to_exitcode(wait_status)
-    return code if code >= 0 else SIGNAL_BASE - code
+    return code if code >= 0 else exits.SIGNAL_BASE - code
 
 
 class Job:
@@ -112,15 +109,15 @@ def _child(prog, program, argv, go_read, parent):
             signal.signal(sig, signal.SIG_DFL)
         deathsig.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != parent:          # it died before the line above took effect
-            os._exit(SIGNAL_BASE + signal.SIGKILL)
+            os._exit(exits.SIGNAL_BASE + signal.SIGKILL)
         if os.read(go_read, 1) != b"g":     # our parent gave up: the queue, a signal
             os._exit(0)
         os.execv(program, argv)
     except FileNotFoundError:
         os.write(2, f"{prog}: {argv[0]}: command not found\n".encode(errors="replace"))
-        os._exit(EXIT_NOT_FOUND)
+        os._exit(exits.NOT_FOUND)
     except OSError as e:
         os.write(2, f"{prog}: cannot run {argv[0]}: {e.strerror}\n".encode(errors="replace"))
-        os._exit(EXIT_CANNOT_RUN)
+        os._exit(exits.CANNOT_RUN)
     finally:
-        os._exit(EXIT_CANNOT_RUN)
+        os._exit(exits.CANNOT_RUN)

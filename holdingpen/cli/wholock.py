@@ -6,11 +6,9 @@
 import sys
 import time
 
-from holdingpen import cmdline, text
-from holdingpen.perflock import LockError, lock_path
+from holdingpen.common import cmdline, exits, text
+from holdingpen.lock.perflock import LockError, lock_path
 
-EXIT_USAGE = 64
-EXIT_LOCK_FILE = 66
 
 OPTIONS = [
     cmdline.Option(None, "--lock", "lock", "PATH"),
@@ -37,17 +35,17 @@ def main(argv=None):
         opts, _ = cmdline.parse(OPTIONS, argv, takes_command=False)
     except cmdline.UsageError as e:
         sys.stderr.write(f"wholock: {e}\n{USAGE}")
-        return EXIT_USAGE
+        return exits.USAGE
     if opts["help"]:
         sys.stdout.write(USAGE + HELP)
         return 0
-    from holdingpen import who
+    from holdingpen.lock import who
     path = lock_path(opts["lock"])
     try:
         rows = who.survey(path)
     except LockError as e:
         sys.stderr.write(f"wholock: {e}\n")
-        return EXIT_LOCK_FILE
+        return exits.NOINPUT
     if opts["json"]:
         import json
         json.dump(rows, sys.stdout, indent=1)

@@ -13,11 +13,9 @@ $HOLDINGPEN_MEMORY_FD or $HOLDINGPEN_DISK_FD.
 import os
 import sys
 
-from holdingpen import client, cmdline, job, protocol
+from holdingpen.common import cmdline, exits, job
+from holdingpen.pen import client, protocol
 
-EXIT_USAGE = 64
-EXIT_UNAVAILABLE = 69     # EX_UNAVAILABLE: no reservation (with --strict)
-EXIT_NOPERM = 77          # EX_NOPERM: not authorized (with --strict)
 FD_ENV = {"memory": "HOLDINGPEN_MEMORY_FD", "disk": "HOLDINGPEN_DISK_FD"}
 
 OPTIONS = [
@@ -60,11 +58,11 @@ def run(argv, environ=os.environ):
             raise cmdline.UsageError("no command given")
     except cmdline.UsageError as e:
         sys.stderr.write(f"gatekeeper: {e}\n{USAGE}")
-        return EXIT_USAGE
+        return exits.USAGE
     program = job.find_program(command[0], environ.get("PATH", os.defpath))
     if program is None:
         sys.stderr.write(f"gatekeeper: {command[0]}: command not found\n")
-        return job.EXIT_NOT_FOUND
+        return exits.NOT_FOUND
 
     kind = opts["kind"] or "memory"
     env = dict(environ)
@@ -84,11 +82,11 @@ def run(argv, environ=os.environ):
         os.execve(program, command, env)
     except OSError as e:
         sys.stderr.write(f"gatekeeper: cannot run {command[0]}: {e.strerror}\n")
-        return job.EXIT_CANNOT_RUN
+        return exits.CANNOT_RUN
 
 
 class Refused(Exception):
-    def __init__(self, message, exit_code=EXIT_UNAVAILABLE):
+    def __init__(self, message, exit_code=exits.UNAVAILABLE):
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -106,7 +104,7 @@ def borrow(path, kind, want_fd, env):
         raise Refused(str(e)) from None
     if not reply["ok"]:
         sock.close()
-        code = EXIT_NOPERM if reply.get("error") == protocol.NOT_AUTHORIZED else EXIT_UNAVAILABLE
+        code = exits.NOPERM if reply.get("error") == protocol.NOT_AUTHORIZED else exits.UNAVAILABLE
         raise Refused(f"{reply.get('message') or reply.get('error')} ({reply.get('error')})", code)
     if want_fd:
         if len(fds) != 1:

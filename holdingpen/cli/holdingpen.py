@@ -15,13 +15,10 @@ import socket
 import sys
 import time
 
-from holdingpen import client, cmdline, protocol, text
-from holdingpen.sizes import format_size
+from holdingpen.common import cmdline, exits, text
+from holdingpen.pen import client, protocol
+from holdingpen.pen.sizes import format_size
 
-EXIT_USAGE = 64
-EXIT_UNAVAILABLE = 69     # status: the daemon cannot be asked
-EXIT_CANTCREAT = 73       # serve: the socket cannot be bound
-EXIT_CONFIG = 78          # serve: a bad configuration (EX_CONFIG)
 
 SERVE_OPTIONS = [
     cmdline.Option("-c", "--config", "config", "PATH"),
@@ -52,13 +49,13 @@ def run(argv):
     if verb not in commands:
         sys.stderr.write(f"holdingpen: {'no command given' if verb is None else f'unknown command {verb!r}'}\n"
                          + USAGE)
-        return EXIT_USAGE
+        return exits.USAGE
     options, action = commands[verb]
     try:
         opts, _ = cmdline.parse(options, rest, takes_command=False)
     except cmdline.UsageError as e:
         sys.stderr.write(f"holdingpen {verb}: {e}\n{USAGE}")
-        return EXIT_USAGE
+        return exits.USAGE
     if opts["help"]:
         sys.stdout.write(USAGE)
         return 0
@@ -66,13 +63,13 @@ def run(argv):
 
 
 def serve(opts):
-    from holdingpen import config, daemon, events, fdstore
-    from holdingpen.authorize import Authorizer
+    from holdingpen.pen import config, daemon, events, fdstore
+    from holdingpen.pen.authorize import Authorizer
     try:
         cfg = config.load(opts["config"])
     except config.ConfigError as e:
         sys.stderr.write(f"holdingpen: {e}\n")
-        return EXIT_CONFIG
+        return exits.CONFIG
     notify, passed = _systemd()
     listener = None
     if not opts["socket"]:
@@ -86,7 +83,7 @@ def serve(opts):
             listener = daemon.bind(path)
         except OSError as e:
             sys.stderr.write(f"holdingpen: cannot listen on {path}: {e.strerror}\n")
-            return EXIT_CANTCREAT
+            return exits.CANTCREAT
     store = fdstore.FdStore(notify, passed) if os.environ.get("NOTIFY_SOCKET") else fdstore.NoStore()
     _raise_descriptor_limit()
     log = events.default_events()
@@ -139,12 +136,12 @@ def status(opts):
             reply, fds = client.ask(sock, protocol.Request(protocol.STATUS))
     except client.Unavailable as e:
         sys.stderr.write(f"holdingpen: {e}\n")
-        return EXIT_UNAVAILABLE
+        return exits.UNAVAILABLE
     for fd in fds:
         os.close(fd)
     if not reply["ok"]:
         sys.stderr.write(f"holdingpen: {reply.get('message')} ({reply.get('error')})\n")
-        return EXIT_UNAVAILABLE
+        return exits.UNAVAILABLE
     if opts["json"]:
         import json
         shown = {k: reply[k] for k in ("ready", "pools", "loans") if k in reply}

@@ -9,8 +9,8 @@ import os
 import pwd
 import shlex
 
-from holdingpen import lockqueue, proclocks
-from holdingpen.perflock import LockError, missing_lock_file, queue_dir
+from holdingpen.lock import lockqueue, proclocks
+from holdingpen.lock.perflock import LockError, missing_lock_file, queue_dir
 
 KEYS = ("pid", "user", "mode", "state", "since", "command", "message")
 

@@ -3,7 +3,7 @@
 import os
 import socket
 
-from holdingpen import protocol
+from holdingpen.pen import protocol
 
 DEFAULT_SOCKET_PATH = "/run/holdingpen.socket"
 SOCKET_PATH_ENV = "HOLDINGPEN_SOCKET"

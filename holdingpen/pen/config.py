@@ -27,7 +27,7 @@ cannot spare). Every error names the file, the key and what is wrong.
 import os
 import tomllib
 
-from holdingpen.sizes import parse_size
+from holdingpen.pen.sizes import parse_size
 
 DEFAULT_PATH = "/etc/holdingpen/holdingpen.toml"
 DEFAULT_MEMORY_SIZE = "256M"

@@ -16,7 +16,7 @@ still be alive after the answer, or the pid may have gone to someone else.
 import grp
 import pwd
 
-from holdingpen import polkit
+from holdingpen.pen import polkit
 
 NO_ANSWER_PAUSE_S = 5.0   # after polkit fails to answer, refuse at once for this long
 

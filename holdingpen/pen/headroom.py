@@ -68,7 +68,7 @@ def memory_shortfall(meminfo, size_bytes):
     floor = floor_bytes(meminfo)
     if available - size_bytes >= floor:
         return None
-    from holdingpen.sizes import format_size
+    from holdingpen.pen.sizes import format_size
     return (f"only {format_size(available)} available; reserving {format_size(size_bytes)} "
             f"would leave less than {format_size(floor)}")
 

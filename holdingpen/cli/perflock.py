@@ -15,14 +15,11 @@ import os
 import sys
 import time
 
-from holdingpen import cmdline, job
-from holdingpen.perflock import LockBusy, LockError, PerfLock
+from holdingpen.common import cmdline, exits, job
+from holdingpen.lock.perflock import LockBusy, LockError, PerfLock
 
 # Exit codes (also in README.md). The job's own status passes through.
 EXIT_BUSY = 1            # not obtained with --nonblock/--timeout (or --conflict-exit-code)
-EXIT_USAGE = 64          # EX_USAGE, as flock(1)
-EXIT_LOCK_FILE = 66      # EX_NOINPUT, as flock(1): lock file missing or unusable
-EXIT_OSERR = 71          # EX_OSERR: could not fork
 # and job.py's: 126 CMD not executable, 127 CMD not found, 128+N died of signal N
 
 OPTIONS = [
@@ -94,12 +91,12 @@ def run(prog, argv, shared):
             raise cmdline.UsageError("no command given")
     except cmdline.UsageError as e:
         sys.stderr.write(f"{prog}: {e}\n{usage}")
-        return EXIT_USAGE
+        return exits.USAGE
 
     program = job.find_program(command[0], os.environ.get("PATH", os.defpath))
     if program is None:
         sys.stderr.write(f"{prog}: {command[0]}: command not found\n")
-        return job.EXIT_NOT_FOUND
+        return exits.NOT_FOUND
     say = _quiet if opts["quiet"] else _Say(prog)
     lock = PerfLock(shared or opts["shared"], nonblock=opts["nonblock"],
                     timeout_s=opts["timeout_s"], message=opts["message"] or "",
@@ -112,7 +109,7 @@ def run(prog, argv, shared):
             task = job.Job(prog, program, command)
         except OSError as e:
             sys.stderr.write(f"{prog}: cannot start {command[0]}: {e.strerror}\n")
-            return EXIT_OSERR
+            return exits.OSERR
         try:
             lock.acquire()
         except LockBusy:
@@ -120,14 +117,14 @@ def run(prog, argv, shared):
             return busy_exit
         except LockError as e:
             sys.stderr.write(f"{prog}: {e}\n")
-            return EXIT_LOCK_FILE
+            return exits.NOINPUT
         try:
             say.got(lock)
             return task.run()
         finally:
             lock.release()      # only once the job has exited: run() waits for it
     except _Interrupted as e:
-        return job.SIGNAL_BASE + e.signum
+        return exits.SIGNAL_BASE + e.signum
     finally:
         if task is not None:
             task.cancel()     # never started (busy, interrupted): the child just exits
@@ -157,7 +154,7 @@ class _Say:
         line = "waiting for the machine"
         rows = _survey(lock.path)
         if rows is not None:
-            from holdingpen import text
+            from holdingpen.common import text
             me = os.getpid()
             ahead = next((i for i, r in enumerate(rows) if r["pid"] == me), len(rows))
             holders = text.holders(rows, time.time())
@@ -169,12 +166,12 @@ class _Say:
 
     def got(self, lock):
         if self.waited:
-            from holdingpen import text
+            from holdingpen.common import text
             sys.stderr.write(f"{self.prog}: got the machine after {text.age(lock.waited_s)}\n")
             sys.stderr.flush()
 
     def busy(self, lock, timeout_s):
-        from holdingpen import text
+        from holdingpen.common import text
         rows = _survey(lock.path)
         holders = text.holders(rows, time.time()) if rows else None
         why = f"gave up after {text.age(timeout_s)}" if timeout_s else "the machine is busy"
@@ -197,7 +194,7 @@ _quiet = _Quiet()
 
 def _survey(path):
     """Who holds and waits, or None if that cannot be told (it is only for the message)."""
-    from holdingpen import who
+    from holdingpen.lock import who
     try:
         return who.survey(path)
     except (OSError, LockError):

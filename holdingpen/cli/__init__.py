@@ -1,0 +1,4 @@
+"""The commands, thin shells over pen/ and lock/: parse, call, print, exit.
+
+holdingpen (serve, status), gatekeeper, perflock (perflock and pls), wholock.
+"""
