@@ -94,6 +94,19 @@ def test_timer_is_installed_enabled_and_runs_the_service(ct):
     assert exposure.returncode == 0, exposure.stdout[-300:]
 
 
+def test_without_node_exporters_directory_the_run_is_skipped_not_failed(ct):
+    aside = TEXTFILE_DIR + ".aside"
+    ct.run(["mv", TEXTFILE_DIR, aside])
+    try:
+        ct.run(["systemctl", "start", METRICS_SERVICE])
+        got = ct.run(["systemctl", "show", METRICS_SERVICE, "-pConditionResult", "-pResult",
+                      "-pActiveState"]).stdout.split()
+        assert sorted(got) == ["ActiveState=inactive", "ConditionResult=no", "Result=success"]
+        assert not ct.path(TEXTFILE_DIR).exists()
+    finally:
+        ct.run(["mv", aside, TEXTFILE_DIR])
+
+
 def test_node_exporter_serves_who_holds_and_who_waits(ct, exporter):
     with ExitStack() as jobs:
         jobs.enter_context(holding(ct, "alice", "perflock", "-m", "nightly"))
