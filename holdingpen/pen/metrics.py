@@ -84,6 +84,43 @@ def families(snapshot):
     return out
 
 
+class Counters:
+    """What the daemon counts for its metrics: plain data, so that it can be
+    kept where the daemon keeps its state (e.g. the descriptor store's state
+    memfd, so counts survive a restart) and put in a status reply as it is.
+
+    Args:
+        since_s: Unix time the counts were last 0 (the daemon's first start).
+        values: as_dict() of earlier counts, or None; anything malformed in
+            it is dropped, not trusted.
+    """
+
+    def __init__(self, since_s, values=None):
+        self.since_s = since_s
+        self.values = {key: {} for key, *_ in COUNTERS}
+        if isinstance(values, dict):
+            if isinstance(values.get("since"), (int, float)):
+                self.since_s = values["since"]
+            for key in self.values:
+                counts = values.get(key)
+                for label, n in (counts.items() if isinstance(counts, dict) else ()):
+                    if isinstance(label, str) and type(n) is int and n >= 0:
+                        self.values[key][label] = n
+
+    def count(self, key, label, n=1):
+        """Add n to counter key ("borrows", "returns", "refusals", "shortfalls") for label.
+
+        Raises:
+            KeyError: key is not one of COUNTERS.
+        """
+        counts = self.values[key]
+        counts[label] = counts.get(label, 0) + n
+
+    def as_dict(self):
+        """{"since": ..., "borrows": {kind: n}, ...}: the snapshot's "counters"."""
+        return {"since": self.since_s, **{k: dict(v) for k, v in self.values.items()}}
+
+
 def render(snapshot, openmetrics_format=True):
     """The snapshot's metrics as text: OpenMetrics, or else node_exporter's textfile format."""
     return openmetrics.render(families(snapshot), openmetrics=openmetrics_format)

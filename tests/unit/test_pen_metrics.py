@@ -152,3 +152,27 @@ def test_an_empty_counter_is_a_family_without_samples():
     families = {f.name: f for f in parse_openmetrics(render(snapshot))}
     assert families["holdingpen_refusals"].type == "counter"
     assert families["holdingpen_refusals"].samples == []
+
+
+def test_counters_count_and_come_back_from_their_dict():
+    from holdingpen.pen.metrics import Counters
+    c = Counters(since_s=100.0)
+    c.count("borrows", "memory")
+    c.count("borrows", "memory")
+    c.count("refusals", "not-authorized", 3)
+    assert c.as_dict() == {"since": 100.0, "borrows": {"memory": 2}, "returns": {},
+                           "refusals": {"not-authorized": 3}, "shortfalls": {}}
+    again = Counters(since_s=500.0, values=c.as_dict())      # after a restart
+    assert again.as_dict() == c.as_dict()
+    with pytest.raises(KeyError):
+        c.count("bogus", "memory")
+
+
+@pytest.mark.parametrize("values", [
+    None, [], "x", {"since": "yesterday"}, {"borrows": {"memory": -1}}, {"borrows": {"memory": 1.5}},
+    {"borrows": ["memory"]}, {"returns": {3: 1}}, {"refusals": {"limited": True}},
+])
+def test_counters_drop_what_is_malformed(values):
+    from holdingpen.pen.metrics import Counters
+    assert Counters(since_s=7.0, values=values).as_dict() == {
+        "since": 7.0, "borrows": {}, "returns": {}, "refusals": {}, "shortfalls": {}}
