@@ -18,6 +18,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from daemonctl import borrowing, wait_for
+from test_install_system import install
 from test_perflock_system import holding
 
 from holdingpen.common.openmetrics import write_textfile
@@ -192,3 +193,16 @@ def test_node_exporter_types_the_pools_counters_in_the_textfile_spelling(ct, exp
     assert "# TYPE holdingpen_pool_reservations gauge\n" in text
     got = {f.name: f for f in parse_text(text)}
     assert got["node_textfile_scrape_error"].samples[0].value == 0
+
+
+def test_uninstall_stops_the_timer_and_removes_the_file(ct):
+    ct.run(["systemctl", "start", METRICS_SERVICE])
+    assert ct.path(LOCK_FILE).exists()
+    try:
+        install(ct, "--uninstall")
+        assert not ct.path(LOCK_FILE).exists()    # node_exporter would serve it, stale, forever
+        state = ct.run(["systemctl", "is-active", METRICS_TIMER], check=False).stdout.strip()
+        assert state in ("inactive", "unknown")   # 252 says "inactive" of a unit that is gone
+    finally:
+        install(ct)
+    assert ct.run(["systemctl", "is-active", METRICS_TIMER]).stdout.strip() == "active"
