@@ -65,13 +65,16 @@ class MetricsFile:
             return REFRESH_S
         return max(0.0, self.written_at + REFRESH_S - now)
 
-    def remove(self):
-        """On a clean stop: no file, rather than one that says the pool is still there."""
+    def clear(self):
+        """On a clean stop: a file with no metrics, rather than one that says the
+        pool is still there. Emptied, not removed: node_exporter may read it
+        through a link, and a dangling link is a scrape error there."""
         if self.directory:
             try:
-                os.unlink(os.path.join(self.directory, self.file_name))
+                self.write(self.directory, self.file_name, "")
             except OSError:
                 pass
+        self.last_text = None
 
     def _failed(self, message):
         if message != self.last_error:
