@@ -39,10 +39,17 @@ MANIFEST = LIBDIR / "MANIFEST"
 SYSTEM_FILES = [
     ("units", "*.socket", Path("/usr/local/lib/systemd/system")),
     ("units", "*.service", Path("/usr/local/lib/systemd/system")),
+    ("units", "*.timer", Path("/usr/local/lib/systemd/system")),
     ("tmpfiles.d", "*.conf", Path("/usr/local/lib/tmpfiles.d")),
     ("polkit", "*.policy", Path("/usr/share/polkit-1/actions")),
     ("polkit", "*.rules", Path("/usr/share/polkit-1/rules.d")),
 ]
+
+# What our units write for node_exporter's textfile collector; removed on
+# --uninstall, or node_exporter would go on exporting them, stale.
+METRICS_FILES = [Path("/var/lib/prometheus/node-exporter") / name
+                 for name in ("perflock.prom", "holdingpen.prom")]
+UNIT_SUFFIXES = (".socket", ".service", ".timer")
 
 LAUNCHER = '''#!{python} -I
 # {name}: written by holdingpen.install; do not edit.
@@ -184,13 +191,15 @@ def install(checkout):
     if not _systemd_running():
         print("systemd is not running here: files installed, no unit started")
         return
-    units = [p.name for p in system_files if p.suffix in (".socket", ".service")]
+    units = [p.name for p in system_files if p.suffix in UNIT_SUFFIXES]
     if units:
         services = [u for u in units if u.endswith(".service")]
         running = [s for s in services
                    if subprocess.run(["systemctl", "is-active", "--quiet", s]).returncode == 0]
         _run(["systemctl", "daemon-reload"])
-        _run(["systemctl", "enable", "--now", *units])
+        # A unit with no [Install] section (a timer's service) is started by its timer.
+        _run(["systemctl", "enable", "--now",
+              *[p.name for p in system_files if p.suffix in UNIT_SUFFIXES and "[Install]" in p.read_text()]])
         if running:   # an update: the new code takes over the pool from the descriptor store
             _run(["systemctl", "restart", *running])
     print("holdingpen is installed")
@@ -200,10 +209,10 @@ def uninstall():
     if not MANIFEST.exists():
         raise InstallError(f"{MANIFEST} not found: holdingpen is not installed")
     paths = [Path(line) for line in MANIFEST.read_text().splitlines() if line]
-    units = [p.name for p in paths if p.suffix in (".socket", ".service")]
+    units = [p.name for p in paths if p.suffix in UNIT_SUFFIXES]
     if units and _systemd_running():
         _run(["systemctl", "disable", "--now", *units])
-    for path in paths:
+    for path in paths + METRICS_FILES:
         path.unlink(missing_ok=True)
     shutil.rmtree(LIBDIR)
     if units and _systemd_running():

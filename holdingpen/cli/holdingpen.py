@@ -1,7 +1,7 @@
 """holdingpen: the reservation daemon, and a look at its pool.
 
     holdingpen serve  [--config PATH] [--socket PATH]
-    holdingpen status [--socket PATH] [--json]
+    holdingpen status [--socket PATH] [--json | --openmetrics]
 
 `serve` takes its listening socket from systemd (LISTEN_FDS) or, with
 --socket or without systemd, binds it itself; so it also runs by hand:
@@ -28,11 +28,12 @@ SERVE_OPTIONS = [
 STATUS_OPTIONS = [
     cmdline.Option(None, "--socket", "socket", "PATH"),
     cmdline.Option(None, "--json", "json"),
+    cmdline.Option(None, "--openmetrics", "openmetrics"),
     cmdline.Option("-h", "--help", "help"),
 ]
 USAGE = """\
 usage: holdingpen serve  [--config PATH] [--socket PATH]
-       holdingpen status [--socket PATH] [--json]
+       holdingpen status [--socket PATH] [--json | --openmetrics]
 """
 
 
@@ -129,6 +130,9 @@ def _raise_descriptor_limit():
 
 
 def status(opts):
+    if opts["json"] and opts["openmetrics"]:
+        sys.stderr.write(f"holdingpen status: choose --json or --openmetrics\n{USAGE}")
+        return exits.USAGE
     path = client.socket_path(opts["socket"])
     try:
         sock = client.connect(path)
@@ -142,7 +146,10 @@ def status(opts):
     if not reply["ok"]:
         sys.stderr.write(f"holdingpen: {reply.get('message')} ({reply.get('error')})\n")
         return exits.UNAVAILABLE
-    if opts["json"]:
+    if opts["openmetrics"]:
+        from holdingpen.pen import metrics
+        sys.stdout.write(metrics.render(reply))
+    elif opts["json"]:
         import json
         shown = {k: reply[k] for k in ("ready", "pools", "loans") if k in reply}
         sys.stdout.write(json.dumps(shown, indent=1) + "\n")

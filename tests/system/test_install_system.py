@@ -9,7 +9,9 @@ import pytest
 from conftest import CHECKOUT, SRC_IN_CONTAINER, readme_install_command
 
 COMMANDS = [f"/usr/local/bin/{c}" for c in ("gatekeeper", "holdingpen", "perflock", "pls", "wholock")]
-UNITS = [f"/usr/local/lib/systemd/system/holdingpen.{u}" for u in ("service", "socket")]
+UNITS = [f"/usr/local/lib/systemd/system/{u}" for u in (
+    "holdingpen.service", "holdingpen.socket",
+    "holdingpen-lock-metrics.service", "holdingpen-lock-metrics.timer")]
 POLKIT = ["/usr/share/polkit-1/actions/org.holdingpen.borrow.policy",
           "/usr/share/polkit-1/rules.d/50-holdingpen.rules"]
 LIBDIR = "/usr/local/lib/holdingpen"
