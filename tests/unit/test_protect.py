@@ -1,0 +1,216 @@
+"""The shell of protected loans, short of systemd: the cgroup check on fake
+directories, /proc/PID/cgroup, and reconcile() against an in-memory PID 1
+(tests/system/test_protect_system.py drives the real one)."""
+
+import pytest
+
+from holdingpen.pen.protect import (Borrower, NotProtectable, Protection, SystemdError,
+                                    chain_of_pid, unavailable_reason)
+from holdingpen.pen.protect import Gone, NoAnswer
+from holdingpen.pen.protection import MEMORY_MIN, OOM_PREFERENCE
+
+MiB = 1 << 20
+SESSION = ("user.slice", "user-2000.slice", "session-3.scope")
+BOB = ("user.slice", "user-2001.slice", "session-4.scope")
+
+
+# ---- may this machine protect memory at all? ----
+
+@pytest.mark.parametrize("files, why", [
+    ({"cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n"}, None),
+    ({"cgroup.controllers": "cpuset cpu io pids\n"}, "has no memory controller"),
+    ({"cgroup.controllers": ""}, "has no memory controller"),
+    # Hybrid (this host's containers): /sys/fs/cgroup is a tmpfs of v1 hierarchies.
+    ({"memory/memory.limit_in_bytes": "9223372036854771712\n",
+      "unified/cgroup.controllers": ""}, "is not a cgroup v2 hierarchy"),
+    ({}, "is not a cgroup v2 hierarchy"),
+])
+def test_unavailable_reason(tmp_path, files, why):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    reason = unavailable_reason(tmp_path)
+    if why is None:
+        assert reason is None
+    else:
+        assert why in reason and str(tmp_path) in reason
+
+
+def test_unavailable_reason_names_the_fix(tmp_path):
+    assert "systemd.unified_cgroup_hierarchy=1" in unavailable_reason(tmp_path / "nothing")
+
+
+def test_chain_of_pid(tmp_path):
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "cgroup").write_text("0::/user.slice/user-2000.slice/session-3.scope\n")
+    assert chain_of_pid(42, proc=tmp_path) == SESSION
+    with pytest.raises(NotProtectable, match="process 43 is gone"):
+        chain_of_pid(43, proc=tmp_path)
+
+
+def test_chain_of_this_process():
+    # Whatever runs the tests: a chain of user units, or a clear reason why not.
+    try:
+        chain = chain_of_pid("self")
+    except NotProtectable as e:
+        assert str(e)
+    else:
+        assert chain[0] == "user.slice"
+
+
+# ---- reconcile, against PID 1 in memory ----
+
+class FakeSystemd:
+    """The units PID 1 has loaded, with their settings; records every set()."""
+
+    def __init__(self, units, refuse=(), hang=False):
+        self.units = {name: dict(settings) for name, settings in units.items()}
+        self.refuse = set(refuse)
+        self.hang = hang
+        self.sets = []
+        self.calls = 0
+
+    def get(self, unit, properties):
+        self.calls += 1
+        if self.hang:
+            raise NoAnswer("systemd did not answer within 2 s")
+        if unit not in self.units:
+            raise Gone(f"{unit} is not loaded")
+        return {p: self.units[unit][p] for p in properties}
+
+    def set(self, unit, settings):
+        self.calls += 1
+        if self.hang:
+            raise NoAnswer("systemd did not answer within 2 s")
+        if unit not in self.units:
+            raise Gone(f"{unit} is not loaded")
+        if unit in self.refuse:
+            raise SystemdError(f"polkit does not let us change {unit}")
+        self.sets.append((unit, settings))
+        self.units[unit].update(settings)
+
+    def close(self):
+        pass
+
+
+def machine(**admin):
+    """Alice's and bob's sessions, nothing protected (but what admin says)."""
+    units = {"user.slice": {MEMORY_MIN: 0}, "user-2000.slice": {MEMORY_MIN: 0},
+             "session-3.scope": {MEMORY_MIN: 0, OOM_PREFERENCE: "none"},
+             "user-2001.slice": {MEMORY_MIN: 0},
+             "session-4.scope": {MEMORY_MIN: 0, OOM_PREFERENCE: "none"}}
+    for unit, memory_min in admin.items():
+        units[unit.replace("_", "-") + ".slice"][MEMORY_MIN] = memory_min
+    return units
+
+
+def memory_mins(systemd):
+    return {unit: settings[MEMORY_MIN] for unit, settings in systemd.units.items()}
+
+
+def test_a_loan_is_protected_and_put_back():
+    systemd = FakeSystemd(machine())
+    protection = Protection(systemd)
+    alice = Borrower("loan.1", SESSION, 64 * MiB)
+    assert protection.reconcile([alice]) == ({}, [])
+    assert memory_mins(systemd) == {"user.slice": 64 * MiB, "user-2000.slice": 64 * MiB,
+                                    "session-3.scope": 64 * MiB, "user-2001.slice": 0,
+                                    "session-4.scope": 0}
+    assert systemd.units["session-3.scope"][OOM_PREFERENCE] == "avoid"
+    assert [unit for unit, _ in systemd.sets] == list(SESSION)       # outermost first
+    assert protection.reconcile([]) == ({}, [])
+    assert systemd.units == machine()
+    assert protection.bases == {}
+
+
+def test_an_unchanged_unit_is_not_set_again():
+    systemd = FakeSystemd(machine())
+    protection = Protection(systemd)
+    protection.reconcile([Borrower("loan.1", SESSION, 64 * MiB)])
+    systemd.sets.clear()
+    protection.reconcile([Borrower("loan.1", SESSION, 64 * MiB),
+                          Borrower("loan.2", BOB, 64 * MiB)])
+    assert [unit for unit, _ in systemd.sets] == ["user.slice", "user-2001.slice",
+                                                  "session-4.scope"]
+
+
+def test_the_administrators_protection_comes_back():
+    systemd = FakeSystemd(machine(user=512 * MiB))
+    protection = Protection(systemd)
+    protection.reconcile([Borrower("loan.1", SESSION, 64 * MiB)])
+    assert systemd.units["user.slice"][MEMORY_MIN] == 576 * MiB
+    protection.reconcile([])
+    assert systemd.units["user.slice"][MEMORY_MIN] == 512 * MiB
+
+
+def test_a_restart_keeps_live_loans_and_forgets_ended_ones():
+    systemd = FakeSystemd(machine(user=512 * MiB))
+    before = Protection(systemd)
+    before.reconcile([Borrower("loan.1", SESSION, 64 * MiB), Borrower("loan.2", BOB, 32 * MiB)])
+    saved = before.bases                 # what the daemon keeps in its state
+    # Killed; bob's loan ended meanwhile. The next daemon knows only alice's.
+    after = Protection(systemd, bases=saved)
+    assert after.reconcile([Borrower("loan.1", SESSION, 64 * MiB)]) == ({}, [])
+    assert memory_mins(systemd) == {"user.slice": 576 * MiB, "user-2000.slice": 64 * MiB,
+                                    "session-3.scope": 64 * MiB, "user-2001.slice": 0,
+                                    "session-4.scope": 0}
+    assert systemd.units["session-4.scope"][OOM_PREFERENCE] == "none"
+    after.reconcile([])
+    assert systemd.units == machine(user=512 * MiB)
+
+
+def test_a_restart_without_the_bases_would_keep_the_loan_on_top():
+    # Why the daemon must keep `bases` across restarts: read afresh, the protection
+    # already set looks like the administrator's and is never taken away.
+    systemd = FakeSystemd(machine())
+    Protection(systemd).reconcile([Borrower("loan.1", SESSION, 64 * MiB)])
+    forgetful = Protection(systemd)
+    forgetful.reconcile([])
+    assert systemd.units["user.slice"][MEMORY_MIN] == 64 * MiB
+
+
+def test_a_session_that_ended_is_skipped():
+    systemd = FakeSystemd(machine())
+    protection = Protection(systemd)
+    del systemd.units["session-4.scope"]
+    result = protection.reconcile([Borrower("loan.1", SESSION, 64 * MiB),
+                                   Borrower("loan.2", BOB, 64 * MiB)])
+    assert result.unprotected == {"loan.2": "session-4.scope is not loaded"}
+    assert systemd.units["user.slice"][MEMORY_MIN] == 64 * MiB       # alice's only
+
+
+def test_a_unit_that_went_away_is_forgotten():
+    systemd = FakeSystemd(machine())
+    protection = Protection(systemd)
+    protection.reconcile([Borrower("loan.2", BOB, 64 * MiB)])
+    del systemd.units["session-4.scope"]          # bob logged out, the loan ended
+    assert protection.reconcile([]) == ({}, [])
+    assert protection.bases == {}
+    assert memory_mins(systemd)["user.slice"] == 0
+
+
+def test_a_refusal_names_the_loans_and_retries_what_it_could_not_put_back():
+    systemd = FakeSystemd(machine(), refuse={"user-2000.slice"})
+    protection = Protection(systemd)
+    result = protection.reconcile([Borrower("loan.1", SESSION, 64 * MiB)])
+    assert result.unprotected == {"loan.1": "polkit does not let us change user-2000.slice"}
+    systemd.refuse = {"user.slice"}
+    result = protection.reconcile([])
+    assert result.errors == ["user.slice: polkit does not let us change user.slice"]
+    assert "user.slice" in protection.bases
+    systemd.refuse = set()
+    assert protection.reconcile([]) == ({}, [])
+    assert systemd.units == machine()
+
+
+def test_a_hung_systemd_is_asked_once_and_nothing_is_forgotten():
+    systemd = FakeSystemd(machine())
+    protection = Protection(systemd)
+    protection.reconcile([Borrower("loan.1", SESSION, 64 * MiB)])
+    systemd.hang, systemd.calls = True, 0
+    result = protection.reconcile([])
+    assert result.errors == ["systemd did not answer within 2 s"]
+    assert systemd.calls == 1
+    systemd.hang = False
+    protection.reconcile([])
+    assert systemd.units == machine()
