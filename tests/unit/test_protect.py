@@ -214,3 +214,12 @@ def test_a_hung_systemd_is_asked_once_and_nothing_is_forgotten():
     systemd.hang = False
     protection.reconcile([])
     assert systemd.units == machine()
+
+
+def test_the_polkit_rule_grants_the_units_we_protect():
+    # polkit/60-holdingpen-protect.rules and protection.PROTECTABLE must agree, or
+    # loans would be refused (rule narrower) or the grant wider than our use.
+    from pathlib import Path
+    from holdingpen.pen.protection import PROTECTABLE
+    rule = (Path(__file__).resolve().parents[2] / "polkit" / "60-holdingpen-protect.rules")
+    assert f"/{PROTECTABLE.pattern}/" in rule.read_text()
