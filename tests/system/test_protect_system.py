@@ -140,3 +140,33 @@ def test_this_container_cannot_protect_memory_and_says_why(ct):
     # Hybrid cgroups: a loan works as before, and the daemon says so in the journal.
     reason = ct.run(["python3", "-I", "-c", CHECK], user="holdingpen").stdout.strip()
     assert reason.startswith("/sys/fs/cgroup is not a cgroup v2 hierarchy"), reason
+
+
+def test_the_daemons_sandbox_lets_it_protect(ct, session):
+    # holdingpen.service as installed, hardening and all, running RECONCILE once
+    # instead of the daemon: what the daemon will do, with what the daemon may do.
+    pid, scope = session
+    service = ct.path("/usr/local/lib/systemd/system/holdingpen.service").read_text()
+    lines = [line for line in service.splitlines()
+             if not line.startswith(("Type=", "ExecStart=", "ExecReload=", "WatchdogSec=",
+                                     "Requires=", "After=", "NotifyAccess=", "Restart="))]
+    asked = json.dumps({"bases": {}, "borrowers": [["loan.1", pid, 64 * MIB]]})
+    probe = RECONCILE.replace("json.load(sys.stdin)", f"json.loads({asked!r})")
+    ct.path("/tmp/protect-probe.py").write_text(probe)
+    ct.path("/etc/systemd/system/protect-probe.service").write_text(
+        "\n".join(lines).replace("[Service]", "[Service]\nType=oneshot\nBindReadOnlyPaths="
+                                 "/tmp/protect-probe.py:/run/protect-probe.py\n"
+                                 "ExecStart=/usr/bin/python3 -I /run/protect-probe.py\n"))
+    try:
+        ct.run(["systemctl", "daemon-reload"])
+        ct.run(["systemctl", "start", "protect-probe.service"])
+        out = ct.run(["journalctl", "--no-pager", "-o", "cat", "-u", "protect-probe"]).stdout
+        answer = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+        assert answer["unprotected"] == {} and answer["errors"] == [], out
+        assert settings(ct, scope)["MemoryMin"] == str(64 * MIB)
+        reconcile(ct, [], bases=answer["bases"])
+        assert settings(ct, "user.slice")["MemoryMin"] == "0"
+    finally:
+        ct.path("/etc/systemd/system/protect-probe.service").unlink()
+        ct.path("/tmp/protect-probe.py").unlink()
+        ct.run(["systemctl", "daemon-reload"])
