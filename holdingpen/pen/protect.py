@@ -1,50 +1,40 @@
 """Protected loans, the shell: systemd keeps the borrowers' memory protected.
 
-protection.py decides what each unit's settings should be; this module reads
-and sets them in PID 1 over one long-lived system-bus connection:
+protection.py decides what each unit's settings should be; Protection reads
+and sets them through systemd_units.py, and remembers in a file what it must
+put back (the "bases"). The file is in /run (RuntimeDirectory=, preserved
+across stop and restart), so it lasts exactly as long as the runtime settings
+it undoes: until the next boot. polkit allows the settings to the user
+holdingpen for the units of protection.PROTECTABLE only
+(polkit/60-holdingpen-protect.rules).
 
-    SetUnitProperties(unit, runtime=true, [("MemoryMin", t), ("ManagedOOMPreference", s)])
-
-runtime: the change lives in /run/systemd/system.control and is gone at the
-next boot, as are the loans. polkit allows it to the user holdingpen for
-the units of protection.PROTECTABLE only (polkit/60-holdingpen-protect.rules).
-
-Every call may wait for systemd: call Protection from a thread of its own,
-never the daemon's loop. A try on the command line, as the daemon's user:
+Every reconcile() may wait on systemd: the daemon runs it on a thread of its
+own (ProtectionWorker), never on its loop. A try by hand, as the daemon's user:
 
     runuser -u holdingpen -- python3 -c 'from holdingpen.pen.protect import *
-    print(Protection(SystemdUnits()).reconcile([Borrower("x", chain_of_pid(PID), 1 << 30)]))'
+    p = Protection(SystemdUnits(), "/run/holdingpen/protection.json")
+    print(p.reconcile([Borrower("x", chain_of_pid(PID), 1 << 30)]))'
 """
 
+import json
+import os
+import threading
 from collections import namedtuple
 from pathlib import Path
 
 from .protection import (Borrower, NotProtectable, cgroup_path, chain_of, plan,
                          properties_of, units_without_base, wanted_settings)
+from .systemd_units import Gone, NoAnswer, SystemdError, SystemdUnits
 
 # What the daemon needs, all from here.
-__all__ = ["Borrower", "NotProtectable", "Protection", "Result", "SystemdUnits", "SystemdError",
-           "chain_of_pid", "unavailable_reason"]
+__all__ = ["Borrower", "NotProtectable", "Protection", "ProtectionWorker", "Result",
+           "SystemdUnits", "SystemdError", "chain_of_pid", "unavailable_reason"]
 
-_SYSTEMD = "org.freedesktop.systemd1"
-_INTERFACE = {"slice": "Slice", "scope": "Scope", "service": "Service"}
-_GONE = {"org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.LoadFailed"}
+STATE_PATH = "/run/holdingpen/protection.json"
 
 Result = namedtuple("Result", "unprotected errors")
 Result.__doc__ = """What reconcile() could not do: unprotected is {loan key: why} for loans
 whose memory is not protected; errors lists settings that could not be put back."""
-
-
-class SystemdError(Exception):
-    """systemd did not do what was asked; str() says why, naming the fix."""
-
-
-class Gone(SystemdError):
-    """The unit is not loaded (its session ended, say)."""
-
-
-class NoAnswer(SystemdError):
-    """systemd did not answer in time (or there is no system bus): stop asking for now."""
 
 
 def unavailable_reason(cgroup_root="/sys/fs/cgroup"):
@@ -77,89 +67,6 @@ def chain_of_pid(pid, proc="/proc"):
     return chain_of(cgroup_path(text))
 
 
-class SystemdUnits:
-    """Get and set unit properties in PID 1 through one system-bus connection,
-    opened on first use and again after a failure."""
-
-    def __init__(self, timeout_s=2.0, open_bus=None):
-        self.timeout_s = timeout_s
-        self._open_bus = open_bus
-        self._conn = None
-
-    def get(self, unit, properties):
-        """{property: value} of a loaded unit.
-
-        Raises:
-            Gone, NoAnswer, SystemdError.
-        """
-        from jeepney import DBusAddress, new_method_call
-        from jeepney.wrappers import Properties
-        manager = DBusAddress("/org/freedesktop/systemd1", bus_name=_SYSTEMD,
-                              interface=f"{_SYSTEMD}.Manager")
-        path, = self._call(new_method_call(manager, "GetUnit", "s", (unit,)), unit)
-        interface = f"{_SYSTEMD}.{_INTERFACE[unit.rsplit('.', 1)[1]]}"
-        address = DBusAddress(path, bus_name=_SYSTEMD, interface=interface)
-        values = {}
-        for name in properties:
-            (_signature, value), = self._call(Properties(address).get(name), unit)
-            values[name] = value
-        return values
-
-    def set(self, unit, settings):
-        """Set {property: value} on unit, until the next boot.
-
-        Raises:
-            Gone, NoAnswer, SystemdError (polkit said no, or a bad value).
-        """
-        from jeepney import DBusAddress, new_method_call
-        manager = DBusAddress("/org/freedesktop/systemd1", bus_name=_SYSTEMD,
-                              interface=f"{_SYSTEMD}.Manager")
-        properties = [(name, ("t" if isinstance(value, int) else "s", value))
-                      for name, value in settings.items()]
-        self._call(new_method_call(manager, "SetUnitProperties", "sba(sv)",
-                                   (unit, True, properties)), unit)
-
-    def _call(self, message, unit):
-        from jeepney import DBusErrorResponse
-        from jeepney.wrappers import unwrap_msg
-        for attempt in (1, 2):      # once more on a fresh connection if the bus went away
-            try:
-                return unwrap_msg(self._connection().send_and_get_reply(
-                    message, timeout=self.timeout_s))
-            except DBusErrorResponse as e:
-                if e.name in _GONE:
-                    raise Gone(f"{unit} is not loaded") from None
-                if e.name in ("org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
-                              "org.freedesktop.DBus.Error.AccessDenied"):
-                    raise SystemdError(f"polkit does not let us change {unit}: is "
-                                       "60-holdingpen-protect.rules installed?") from None
-                raise SystemdError(f"systemd refused {unit}: {e.name}: {e.data}") from None
-            except TimeoutError:
-                self.close()        # a late answer must not be read as the next one's
-                raise NoAnswer(f"systemd did not answer within {self.timeout_s:g} s") from None
-            except (OSError, EOFError, ConnectionError, ValueError, KeyError) as e:
-                self.close()
-                if attempt == 2:
-                    raise NoAnswer(f"cannot reach systemd on the system bus: {e}") from None
-
-    def _connection(self):
-        if self._conn is None:
-            if self._open_bus is not None:
-                self._conn = self._open_bus()
-            else:
-                from jeepney.io.blocking import open_dbus_connection
-                self._conn = open_dbus_connection(bus="SYSTEM")
-        return self._conn
-
-    def close(self):
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
-            self._conn = None
-
-
 class Protection:
     """Keeps systemd's unit settings matching the live loans.
 
@@ -168,12 +75,18 @@ class Protection:
     the next call).
 
     Args:
-        units: a SystemdUnits (or anything with get() and set()).
-        bases: what `bases` was when the last daemon stopped (its state), or None.
+        units: a SystemdUnits (or anything with get(), set() and close()).
+        state_path: where the bases are kept between daemons (STATE_PATH), or
+            None to keep them only in memory (bases=).
+        bases: the bases to start from when state_path is None.
     """
 
-    def __init__(self, units, bases=None):
+    def __init__(self, units, state_path=None, bases=None):
         self.units = units
+        self.state_path = state_path
+        self.load_error = None       # why the saved bases could not be read, if so
+        if state_path is not None:
+            bases, self.load_error = load_bases(state_path)
         self.bases = {unit: dict(base) for unit, base in (bases or {}).items()}
         self._applied = {}     # what we last set, so that an unchanged unit is not set again
 
@@ -185,9 +98,15 @@ class Protection:
         daemon ran is put back, what is missing is set again.
         """
         unprotected, errors = {}, []
+        if self.load_error:
+            errors.append(self.load_error)
+            self.load_error = None
         borrowers = list(borrowers)
         try:
-            self._read_bases(borrowers, unprotected)
+            if self._read_bases(borrowers, unprotected):
+                # Kept before anything is raised: a daemon killed in between must not
+                # take our setting for the administrator's.
+                self._save(errors)
             wanted = wanted_settings(borrowers)
             changes, kept = plan(wanted, self.bases)
             for unit, settings in changes:
@@ -217,20 +136,113 @@ class Protection:
             for borrower in borrowers:
                 unprotected.setdefault(borrower.key, str(e))
             errors.append(str(e))
+        self._save(errors)
         return Result(unprotected, errors)
+
+    def _save(self, errors):
+        if self.state_path is not None:
+            try:
+                save_bases(self.state_path, self.bases)
+            except OSError as e:
+                errors.append(f"cannot keep what to put back in {self.state_path}: {e} "
+                              "(is RuntimeDirectory=holdingpen in holdingpen.service?)")
 
     def _read_bases(self, borrowers, unprotected):
         """Read the bases of units touched for the first time; drop from
-        borrowers (in place) those whose units cannot be read."""
+        borrowers (in place) those whose units cannot be read. Returns whether
+        any base was read."""
+        read = False
         for unit in units_without_base(wanted_settings(borrowers), self.bases):
             try:
                 self.bases[unit] = self.units.get(unit, properties_of(unit))
+                read = True
             except NoAnswer:
                 raise
             except SystemdError as e:
                 for borrower in [b for b in borrowers if unit in b.chain]:
                     unprotected[borrower.key] = str(e)
                     borrowers.remove(borrower)
+        return read
 
     def close(self):
         self.units.close()
+
+
+def load_bases(path):
+    """(bases, None) as save_bases() left them, ({}, None) if there is no file
+    (nothing touched since boot), or ({}, why) if it cannot be read."""
+    try:
+        bases = json.loads(Path(path).read_text())
+        if not isinstance(bases, dict) or not all(isinstance(b, dict) for b in bases.values()):
+            raise ValueError("not an object of objects")
+        return bases, None
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, ValueError) as e:
+        return {}, (f"cannot read {path} ({e}): settings the last daemon changed stay "
+                    "until the next boot")
+
+
+def save_bases(path, bases):
+    """Write bases to path, whole or not at all (a crash leaves the old file).
+
+    Raises:
+        OSError
+    """
+    temporary = f"{path}.new"
+    with open(temporary, "w") as f:
+        json.dump(bases, f, sort_keys=True)
+    os.replace(temporary, path)
+
+
+class ProtectionWorker:
+    """Protection.reconcile() on a thread of its own, for the daemon's loop.
+
+    want() never waits: it replaces what the thread is to do next, so when
+    loans change faster than systemd answers, only the latest state is
+    applied (reconcile works from the whole state, never from deltas).
+    done(generation, result) is called on the worker's thread after each
+    reconcile; the daemon passes one that queues it and wakes its loop. A
+    loan waiting to be protected is done once a result with a generation at
+    or past the one its want() had arrives.
+    """
+
+    def __init__(self, protection, done):
+        self.protection = protection
+        self.done = done
+        self._cond = threading.Condition()
+        self._next = None            # (generation, borrowers) not yet begun
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="protect", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def want(self, generation, borrowers):
+        """Ask for systemd to match borrowers (every live memory loan)."""
+        with self._cond:
+            self._next = (generation, list(borrowers))
+            self._cond.notify()
+
+    def stop(self, timeout_s=5.0):
+        """Finish what was wanted last (within timeout_s), then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+
+    def _run(self):
+        while True:
+            with self._cond:
+                while self._next is None and not self._stopping:
+                    self._cond.wait()
+                if self._next is None:
+                    break
+                (generation, borrowers), self._next = self._next, None
+            try:
+                result = self.protection.reconcile(borrowers)
+            except Exception as e:    # a bug here must cost protection, not the daemon
+                result = Result({b.key: f"protection failed: {e}" for b in borrowers},
+                                [f"protection failed: {e}"])
+            self.done(generation, result)
+        self.protection.close()

@@ -16,6 +16,7 @@ from daemonctl import wait_for
 
 MIB = 1 << 20
 INSTALLED = "/usr/local/lib/holdingpen/current"
+STATE_PATH = "/run/holdingpen/protection.json"
 # Reconcile the borrowers given on stdin, as the daemon would on a worker thread;
 # a fresh process each time, like a daemon after a restart: it knows only the
 # bases it is handed.
@@ -24,7 +25,7 @@ import json, sys
 sys.path.insert(0, {INSTALLED!r})
 from holdingpen.pen.protect import Borrower, NotProtectable, Protection, SystemdUnits, chain_of_pid
 asked = json.load(sys.stdin)
-protection = Protection(SystemdUnits(), bases=asked["bases"])
+protection = Protection(SystemdUnits(), asked.get("state_path"), bases=asked["bases"])
 borrowers, unprotected = [], {{}}
 for key, pid, size_bytes in asked["borrowers"]:
     try:
@@ -150,7 +151,8 @@ def test_the_daemons_sandbox_lets_it_protect(ct, session):
     lines = [line for line in service.splitlines()
              if not line.startswith(("Type=", "ExecStart=", "ExecReload=", "WatchdogSec=",
                                      "Requires=", "After=", "NotifyAccess=", "Restart="))]
-    asked = json.dumps({"bases": {}, "borrowers": [["loan.1", pid, 64 * MIB]]})
+    asked = json.dumps({"bases": {}, "borrowers": [["loan.1", pid, 64 * MIB]],
+                        "state_path": STATE_PATH})
     probe = RECONCILE.replace("json.load(sys.stdin)", f"json.loads({asked!r})")
     ct.path("/tmp/protect-probe.py").write_text(probe)
     ct.path("/etc/systemd/system/protect-probe.service").write_text(
@@ -164,9 +166,12 @@ def test_the_daemons_sandbox_lets_it_protect(ct, session):
         answer = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
         assert answer["unprotected"] == {} and answer["errors"] == [], out
         assert settings(ct, scope)["MemoryMin"] == str(64 * MIB)
+        # What to put back outlives the daemon, in its RuntimeDirectory.
+        assert json.loads(ct.path(STATE_PATH).read_text()) == answer["bases"]
         reconcile(ct, [], bases=answer["bases"])
         assert settings(ct, "user.slice")["MemoryMin"] == "0"
     finally:
         ct.path("/etc/systemd/system/protect-probe.service").unlink()
         ct.path("/tmp/protect-probe.py").unlink()
+        ct.path(STATE_PATH).unlink(missing_ok=True)
         ct.run(["systemctl", "daemon-reload"])

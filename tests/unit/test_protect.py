@@ -4,9 +4,12 @@ directories, /proc/PID/cgroup, and reconcile() against an in-memory PID 1
 
 import pytest
 
-from holdingpen.pen.protect import (Borrower, NotProtectable, Protection, SystemdError,
+import json
+import threading
+
+from holdingpen.pen.protect import (Borrower, NotProtectable, Protection, ProtectionWorker,
                                     chain_of_pid, unavailable_reason)
-from holdingpen.pen.protect import Gone, NoAnswer
+from holdingpen.pen.systemd_units import Gone, NoAnswer, SystemdError
 from holdingpen.pen.protection import MEMORY_MIN, OOM_PREFERENCE
 
 MiB = 1 << 20
@@ -143,30 +146,71 @@ def test_the_administrators_protection_comes_back():
     assert systemd.units["user.slice"][MEMORY_MIN] == 512 * MiB
 
 
-def test_a_restart_keeps_live_loans_and_forgets_ended_ones():
+def test_a_restart_keeps_live_loans_and_forgets_ended_ones(tmp_path):
+    state = tmp_path / "protection.json"
     systemd = FakeSystemd(machine(user=512 * MiB))
-    before = Protection(systemd)
+    before = Protection(systemd, state)
     before.reconcile([Borrower("loan.1", SESSION, 64 * MiB), Borrower("loan.2", BOB, 32 * MiB)])
-    saved = before.bases                 # what the daemon keeps in its state
     # Killed; bob's loan ended meanwhile. The next daemon knows only alice's.
-    after = Protection(systemd, bases=saved)
+    after = Protection(systemd, state)
     assert after.reconcile([Borrower("loan.1", SESSION, 64 * MiB)]) == ({}, [])
     assert memory_mins(systemd) == {"user.slice": 576 * MiB, "user-2000.slice": 64 * MiB,
                                     "session-3.scope": 64 * MiB, "user-2001.slice": 0,
                                     "session-4.scope": 0}
     assert systemd.units["session-4.scope"][OOM_PREFERENCE] == "none"
-    after.reconcile([])
+    Protection(systemd, state).reconcile([])
     assert systemd.units == machine(user=512 * MiB)
+    assert json.loads(state.read_text()) == {}
+
+
+class Killed(BaseException):
+    """The daemon dies here."""
+
+
+def test_a_daemon_killed_while_raising_leaves_what_to_put_back(tmp_path):
+    state = tmp_path / "protection.json"
+    systemd = FakeSystemd(machine())
+    set_one = systemd.set
+
+    def set_then_die(unit, settings):
+        if systemd.sets:
+            raise Killed()
+        set_one(unit, settings)
+
+    systemd.set = set_then_die
+    with pytest.raises(Killed):
+        Protection(systemd, state).reconcile([Borrower("loan.1", SESSION, 64 * MiB)])
+    assert memory_mins(systemd)["user.slice"] == 64 * MiB
+    systemd.set = set_one
+    Protection(systemd, state).reconcile([])          # the loan ended with the daemon
+    assert systemd.units == machine()
 
 
 def test_a_restart_without_the_bases_would_keep_the_loan_on_top():
-    # Why the daemon must keep `bases` across restarts: read afresh, the protection
-    # already set looks like the administrator's and is never taken away.
+    # Why the bases must outlive the daemon: read afresh, the protection already
+    # set looks like the administrator's and is never taken away.
     systemd = FakeSystemd(machine())
     Protection(systemd).reconcile([Borrower("loan.1", SESSION, 64 * MiB)])
     forgetful = Protection(systemd)
     forgetful.reconcile([])
     assert systemd.units["user.slice"][MEMORY_MIN] == 64 * MiB
+
+
+def test_an_unreadable_state_is_said_once(tmp_path):
+    state = tmp_path / "protection.json"
+    state.write_text("{not json")
+    protection = Protection(FakeSystemd(machine()), state)
+    first = protection.reconcile([])
+    assert len(first.errors) == 1 and f"cannot read {state}" in first.errors[0]
+    assert "stay until the next boot" in first.errors[0]
+    assert protection.reconcile([]) == ({}, [])
+
+
+def test_an_unwritable_state_names_the_fix(tmp_path):
+    protection = Protection(FakeSystemd(machine()), tmp_path / "missing" / "protection.json")
+    result = protection.reconcile([Borrower("loan.1", SESSION, 64 * MiB)])
+    assert result.unprotected == {}
+    assert "RuntimeDirectory=holdingpen" in result.errors[0]
 
 
 def test_a_session_that_ended_is_skipped():
@@ -214,6 +258,60 @@ def test_a_hung_systemd_is_asked_once_and_nothing_is_forgotten():
     systemd.hang = False
     protection.reconcile([])
     assert systemd.units == machine()
+
+
+# ---- the worker thread ----
+
+def test_the_worker_applies_the_latest_wish_and_never_blocks_the_caller():
+    systemd = FakeSystemd(machine())
+    gate, waiting = threading.Event(), threading.Event()
+    set_one = systemd.set
+
+    def slow_set(unit, settings):
+        waiting.set()
+        gate.wait(10)
+        set_one(unit, settings)
+
+    systemd.set = slow_set
+    results = []
+    finished = threading.Event()
+
+    def done(generation, result):
+        results.append((generation, result))
+        if generation == 3:
+            finished.set()
+
+    worker = ProtectionWorker(Protection(systemd), done)
+    worker.start()
+    worker.want(1, [Borrower("loan.1", SESSION, 64 * MiB)])
+    assert waiting.wait(10)                                       # systemd hangs on it
+    worker.want(2, [Borrower("loan.1", SESSION, 64 * MiB), Borrower("loan.2", BOB, MiB)])
+    worker.want(3, [Borrower("loan.2", BOB, MiB)])                # 2 is never applied
+    assert results == []
+    gate.set()
+    assert finished.wait(10)
+    worker.stop()
+    assert [generation for generation, _ in results] == [1, 3]
+    assert memory_mins(systemd) == {"user.slice": MiB, "user-2000.slice": 0,
+                                    "session-3.scope": 0, "user-2001.slice": MiB,
+                                    "session-4.scope": MiB}
+
+
+def test_a_bug_in_reconcile_costs_protection_not_the_worker():
+    results, first = [], threading.Event()
+
+    def done(generation, result):
+        results.append((generation, result))
+        first.set()
+
+    worker = ProtectionWorker(Protection(FakeSystemd({})), done)
+    worker.start()
+    worker.want(1, [Borrower("loan.1", (), MiB)])       # no chain: an IndexError inside
+    assert first.wait(10)
+    worker.want(2, [])
+    worker.stop()
+    assert results[0][1].unprotected["loan.1"].startswith("protection failed: ")
+    assert results[-1] == (2, ({}, []))
 
 
 def test_the_polkit_rule_grants_the_units_we_protect():
