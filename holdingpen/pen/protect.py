@@ -110,26 +110,16 @@ class Protection:
             wanted = wanted_settings(borrowers)
             changes, kept = plan(wanted, self.bases)
             for unit, settings in changes:
-                if self._applied.get(unit) == settings:
+                problem = self._set(unit, settings, putting_back=unit not in wanted)
+                if problem is None:
                     continue
-                try:
-                    self.units.set(unit, settings)
-                    self._applied[unit] = settings
-                except NoAnswer:
-                    raise
-                except SystemdError as e:   # Gone too: nothing left there to put back
-                    if isinstance(e, Gone) and unit not in wanted:
-                        self._applied.pop(unit, None)
-                        continue
+                if unit in wanted:
                     for borrower in borrowers:
                         if unit in borrower.chain:
-                            unprotected[borrower.key] = str(e)
-                    if unit not in wanted:
-                        errors.append(f"{unit}: {e}")
-                        kept[unit] = self.bases[unit]    # try again next time
-                        continue
-                if unit not in wanted:
-                    self._applied.pop(unit, None)
+                            unprotected[borrower.key] = problem
+                else:
+                    errors.append(f"{unit}: {problem}")
+                    kept[unit] = self.bases[unit]    # put back next time
             self.bases = kept
         except NoAnswer as e:
             self._applied.clear()           # unknown now what took effect
@@ -138,6 +128,29 @@ class Protection:
             errors.append(str(e))
         self._save(errors)
         return Result(unprotected, errors)
+
+    def _set(self, unit, settings, putting_back):
+        """Set unit's settings unless they are set already; None, or why not.
+
+        Raises:
+            NoAnswer: stop asking for now.
+        """
+        if self._applied.get(unit) == settings:
+            return None
+        try:
+            self.units.set(unit, settings)
+        except Gone as e:
+            self._applied.pop(unit, None)
+            return None if putting_back else str(e)   # gone: nothing left to put back
+        except NoAnswer:
+            raise
+        except SystemdError as e:
+            return str(e)
+        if putting_back:
+            self._applied.pop(unit, None)
+        else:
+            self._applied[unit] = settings
+        return None
 
     def _save(self, errors):
         if self.state_path is not None:
