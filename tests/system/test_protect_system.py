@@ -99,6 +99,31 @@ def test_a_loan_protects_the_session_and_every_ancestor_then_puts_them_back(ct, 
     assert settings(ct, scope)["ActiveState"] == "active"
 
 
+def test_a_program_of_the_users_own_systemd_protects_user_at_uid_service(ct, session):
+    # As a desktop starts apps: in a scope of alice's systemd --user, below
+    # user@2000.service, whose cgroups are hers; PID 1's units end there.
+    ct.run(["systemctl", "start", "user@2000.service"])
+    job = ct.popen(["runuser", "-l", "alice", "-c",
+                    "XDG_RUNTIME_DIR=/run/user/2000 systemd-run --user --scope --quiet "
+                    "sh -c 'echo $$; exec sleep 1000'"])
+    try:
+        pid = int(job.read_line())
+        path = ct.path(f"/proc/{pid}/cgroup").read_text()
+        assert "/user@2000.service/" in path, path
+        units = ("user@2000.service", "user-2000.slice", "user.slice")
+        lent = reconcile(ct, [["loan.1", pid, 64 * MIB]])
+        assert lent["unprotected"] == {} and lent["errors"] == []
+        for unit in units:
+            assert settings(ct, unit)["MemoryMin"] == str(64 * MIB), unit
+        assert settings(ct, "user@2000.service")["ManagedOOMPreference"] == "avoid"
+        reconcile(ct, [], bases=lent["bases"])
+        for unit in units:
+            assert settings(ct, unit)["MemoryMin"] == "0", unit
+        assert settings(ct, "user@2000.service")["ManagedOOMPreference"] == "none"
+    finally:
+        job.stop()
+
+
 def test_another_user_is_refused(ct, session):
     pid, scope = session
     answer = reconcile(ct, [["loan.1", pid, 64 * MIB]], user="bob")
