@@ -41,11 +41,9 @@ class SystemdUnits:
         Raises:
             Gone, NoAnswer, SystemdError.
         """
-        from jeepney import DBusAddress, new_method_call
+        from jeepney import DBusAddress
         from jeepney.wrappers import Properties
-        manager = DBusAddress("/org/freedesktop/systemd1", bus_name=_SYSTEMD,
-                              interface=f"{_SYSTEMD}.Manager")
-        path, = self._call(new_method_call(manager, "GetUnit", "s", (unit,)), unit)
+        path = self._unit_path(unit)
         interface = f"{_SYSTEMD}.{_INTERFACE[unit.rsplit('.', 1)[1]]}"
         address = DBusAddress(path, bus_name=_SYSTEMD, interface=interface)
         values = {}
@@ -53,6 +51,29 @@ class SystemdUnits:
             (_signature, value), = self._call(Properties(address).get(name), unit)
             values[name] = value
         return values
+
+    def job_type(self, unit):
+        """The type of unit's pending job ("stop", "restart", ...), or None.
+
+        Told SIGTERM, the daemon asks this of holdingpen.service: a "stop"
+        ends every loan, a "restart" keeps them (the descriptor store).
+
+        Raises:
+            Gone, NoAnswer, SystemdError.
+        """
+        from jeepney import DBusAddress
+        from jeepney.wrappers import Properties
+        path = self._unit_path(unit)
+        address = DBusAddress(path, bus_name=_SYSTEMD, interface=f"{_SYSTEMD}.Unit")
+        (_signature, (job_id, job_path)), = self._call(Properties(address).get("Job"), unit)
+        if job_id == 0:
+            return None
+        job = DBusAddress(job_path, bus_name=_SYSTEMD, interface=f"{_SYSTEMD}.Job")
+        try:
+            (_signature, job_type), = self._call(Properties(job).get("JobType"), unit)
+        except SystemdError:
+            return None             # the job finished meanwhile
+        return job_type
 
     def set(self, unit, settings):
         """Set {property: value} on unit, until the next boot.
@@ -67,6 +88,13 @@ class SystemdUnits:
                       for name, value in settings.items()]
         self._call(new_method_call(manager, "SetUnitProperties", "sba(sv)",
                                    (unit, True, properties)), unit)
+
+    def _unit_path(self, unit):
+        from jeepney import DBusAddress, new_method_call
+        manager = DBusAddress("/org/freedesktop/systemd1", bus_name=_SYSTEMD,
+                              interface=f"{_SYSTEMD}.Manager")
+        path, = self._call(new_method_call(manager, "GetUnit", "s", (unit,)), unit)
+        return path
 
     def _call(self, message, unit):
         from jeepney import DBusErrorResponse

@@ -200,3 +200,30 @@ def test_the_daemons_sandbox_lets_it_protect(ct, session):
         ct.path("/tmp/protect-probe.py").unlink()
         ct.path(STATE_PATH).unlink(missing_ok=True)
         ct.run(["systemctl", "daemon-reload"])
+
+
+JOB_TYPE = f"""
+import sys
+sys.path.insert(0, {INSTALLED!r})
+from holdingpen.pen.systemd_units import SystemdUnits
+print(SystemdUnits().job_type(sys.argv[1]))
+"""
+
+
+def test_a_stopping_service_tells_stop_from_restart(ct):
+    # What the daemon asks when told SIGTERM: a stop ends the loans (put everything
+    # back), a restart keeps them. This service takes a second to stop.
+    unit = "slow-stop.service"
+    ct.run(["systemd-run", f"--unit={unit}", "sh", "-c",
+            "trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done"])
+    try:
+        def job_type():
+            return ct.run(["python3", "-I", "-c", JOB_TYPE, unit], user="holdingpen").stdout.strip()
+        assert job_type() == "None"
+        ct.run(["systemctl", "restart", "--no-block", unit])
+        assert job_type() == "restart"
+        wait_for("the restart done", job_type, lambda t: t == "None")
+        ct.run(["systemctl", "stop", "--no-block", unit])
+        assert job_type() == "stop"
+    finally:
+        ct.run(["systemctl", "stop", unit], check=False)
