@@ -11,7 +11,8 @@ from conftest import CHECKOUT, SRC_IN_CONTAINER, readme_install_command
 COMMANDS = [f"/usr/local/bin/{c}" for c in ("gatekeeper", "holdingpen", "perflock", "pls", "wholock")]
 UNITS = [f"/usr/local/lib/systemd/system/holdingpen.{u}" for u in ("service", "socket")]
 POLKIT = ["/usr/share/polkit-1/actions/org.holdingpen.borrow.policy",
-          "/usr/share/polkit-1/rules.d/50-holdingpen.rules"]
+          "/usr/share/polkit-1/rules.d/50-holdingpen.rules",
+          "/usr/share/polkit-1/rules.d/60-holdingpen-protect.rules"]
 LIBDIR = "/usr/local/lib/holdingpen"
 TMPFILES = "/usr/local/lib/tmpfiles.d/perflock.conf"
 
