@@ -13,7 +13,8 @@ UNITS = [f"/usr/local/lib/systemd/system/{u}" for u in (
     "holdingpen.service", "holdingpen.socket",
     "holdingpen-lock-metrics.service", "holdingpen-lock-metrics.timer")]
 POLKIT = ["/usr/share/polkit-1/actions/org.holdingpen.borrow.policy",
-          "/usr/share/polkit-1/rules.d/50-holdingpen.rules"]
+          "/usr/share/polkit-1/rules.d/50-holdingpen.rules",
+          "/usr/share/polkit-1/rules.d/60-holdingpen-protect.rules"]
 LIBDIR = "/usr/local/lib/holdingpen"
 TMPFILES = "/usr/local/lib/tmpfiles.d/perflock.conf"
 
