@@ -12,11 +12,10 @@ import shlex
 from holdingpen.lock import lockqueue, proclocks
 from holdingpen.lock.perflock import LockError, missing_lock_file, queue_dir
 
-KEYS = ("pid", "user", "mode", "state", "since", "command", "message")
-
 
 def survey(path, proc="/proc"):
-    """Holders, then waiters in order, as dicts with the keys in KEYS.
+    """Holders, then waiters in order, as dicts with the keys pid, user, mode
+    (exclusive, shared), state (holding, waiting), since, command and message.
 
     `since` is Unix time: when a holder got the lock or a waiter arrived; for
     a plain flock(1) user, when its process started (all the kernel tells).
