@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from holdingpen.common import job
+from holdingpen.common import job, program
 
 SH = "/bin/sh"
 
@@ -102,4 +102,4 @@ LOOKUPS = [
 
 @pytest.mark.parametrize("name, search_path, found", LOOKUPS)
 def test_find_program(name, search_path, found):
-    assert job.find_program(name, search_path) == found
+    assert program.find_program(name, search_path) == found
