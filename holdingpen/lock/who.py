@@ -7,8 +7,8 @@ alive and who holds or waits for the lock file itself, tickets say the rest
 
 import os
 import pwd
-import shlex
 
+from holdingpen.common.text import shell_words
 from holdingpen.lock import lockqueue, proclocks
 from holdingpen.lock.perflock import LockError, missing_lock_file, queue_dir
 
@@ -85,7 +85,7 @@ def _ticket_holder(pid, mode, state, ticket):
     except ValueError:
         since = mtime
     return {"pid": pid, "user": _user_name(uid), "mode": mode, "state": state,
-            "since": since, "command": shlex.join(command), "message": message}
+            "since": since, "command": shell_words(command), "message": message}
 
 
 def _flock_user(pid, mode, state):
@@ -95,7 +95,7 @@ def _flock_user(pid, mode, state):
         process = psutil.Process(pid)
         with process.oneshot():
             user = _user_name(process.uids().real)
-            command = shlex.join(process.cmdline()) or f"[{process.name()}]"
+            command = shell_words(process.cmdline()) or f"[{process.name()}]"
             since = process.create_time()
     except psutil.Error:
         return None
