@@ -14,7 +14,7 @@ import os
 import sys
 
 from holdingpen.cli import pensocket
-from holdingpen.common import cmdline, exits, program
+from holdingpen.common import cmdline, exits
 
 FD_ENV = {"memory": "HOLDINGPEN_MEMORY_FD", "disk": "HOLDINGPEN_DISK_FD"}
 
@@ -59,7 +59,7 @@ def run(argv, environ=os.environ):
     except cmdline.UsageError as e:
         sys.stderr.write(f"gatekeeper: {e}\n{USAGE}")
         return exits.USAGE
-    found = program.find_program(command[0], environ.get("PATH", os.defpath))
+    found = cmdline.find_program(command[0], environ.get("PATH", os.defpath))
     if found is None:
         sys.stderr.write(f"gatekeeper: {command[0]}: command not found\n")
         return exits.NOT_FOUND

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from holdingpen.common import cmdline, exits, job, program
+from holdingpen.common import cmdline, exits, job
 from holdingpen.lock.perflock import LockBusy, LockError, PerfLock
 
 # Exit codes (also in README.md). The job's own status passes through.
@@ -93,7 +93,7 @@ def run(prog, argv, shared):
         sys.stderr.write(f"{prog}: {e}\n{usage}")
         return exits.USAGE
 
-    found = program.find_program(command[0], os.environ.get("PATH", os.defpath))
+    found = cmdline.find_program(command[0], os.environ.get("PATH", os.defpath))
     if found is None:
         sys.stderr.write(f"{prog}: {command[0]}: command not found\n")
         return exits.NOT_FOUND

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from holdingpen.common import job, program
+from holdingpen.common import job
 
 SH = "/bin/sh"
 
@@ -89,17 +89,3 @@ def test_cancel_never_starts_the_command(tmp_path):
     assert not witness.exists()
     with pytest.raises(ChildProcessError):     # already reaped by cancel()
         os.waitpid(j.pid, os.WNOHANG)
-
-
-# (name, PATH, found)
-LOOKUPS = [
-    ("sh", "/nonexistent:/bin", "/bin/sh"),
-    ("sh", "/nonexistent", None),
-    ("./x", "/bin", "./x"),               # a name with a slash is not looked up
-    ("bin", "/", None),                   # a directory is not a program
-]
-
-
-@pytest.mark.parametrize("name, search_path, found", LOOKUPS)
-def test_find_program(name, search_path, found):
-    assert program.find_program(name, search_path) == found
