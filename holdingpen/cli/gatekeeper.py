@@ -1,6 +1,6 @@
 """gatekeeper: borrow a reservation from the Holding Pen, then become CMD.
 
-    gatekeeper [--socket PATH] [--kind memory|disk[:PATH]] [--fd] [--strict] [-q] [--] CMD [ARG...]
+    gatekeeper [--socket PATH] [-k|--kind memory|disk[:PATH]] [--fd] [--strict] [-q] [--] CMD [ARG...]
 
 gatekeeper connects, borrows, leaves the connection open and inheritable,
 and execs CMD: no process of ours stays behind. The loan lasts until CMD and
@@ -18,15 +18,23 @@ from holdingpen.common import cmdline, exits
 
 FD_ENV = {"memory": "HOLDINGPEN_MEMORY_FD", "disk": "HOLDINGPEN_DISK_FD"}
 
+
+def kind(text):
+    """A pool's kind as a client names it: memory, disk (the first disk pool) or disk:PATH."""
+    if text in ("memory", "disk") or (text.startswith("disk:/") and "\0" not in text):
+        return text
+    raise ValueError(f"expected memory, disk or disk:PATH (an absolute path), not {text!r}")
+
+
 OPTIONS = [
     cmdline.Option(None, "--socket", "socket", "PATH"),
-    cmdline.Option("-k", "--kind", "kind", "KIND"),
+    cmdline.Option("-k", "--kind", "kind", "KIND", convert=kind),
     cmdline.Option(None, "--fd", "fd"),
     cmdline.Option(None, "--strict", "strict"),
     cmdline.Option("-q", "--quiet", "quiet"),
     cmdline.Option("-h", "--help", "help"),
 ]
-USAGE = ("usage: gatekeeper [--socket PATH] [--kind memory|disk[:PATH]] [--fd] [--strict] [-q] "
+USAGE = ("usage: gatekeeper [--socket PATH] [-k|--kind memory|disk[:PATH]] [--fd] [--strict] [-q] "
          "[--] CMD [ARG...]\n")
 HELP = """
 Borrow one reservation from the holdingpen daemon for as long as CMD runs.

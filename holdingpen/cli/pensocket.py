@@ -32,6 +32,11 @@ def socket_path(path=None, environ=os.environ):
 
 def cannot_connect(path, error):
     """The one line for a failed connect(2) to path, naming the fix."""
+    # At the default path a missing file is holdingpen.socket stopped or its file
+    # removed: restarting the unit fixes both. Elsewhere it is most likely a wrong path.
+    if error.errno == errno.ENOENT and path != DEFAULT_SOCKET_PATH:
+        return (f"nothing listens at {path} (no such file); give the daemon's socket with "
+                f"--socket or ${SOCKET_PATH_ENV} (the default is {DEFAULT_SOCKET_PATH})")
     if error.errno in (errno.ENOENT, errno.ECONNREFUSED):
         return (f"the holdingpen daemon is not running ({path}); "
                 "start it with: systemctl restart holdingpen.socket")

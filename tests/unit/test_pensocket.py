@@ -135,3 +135,21 @@ def test_a_daemon_that_says_nothing_in_time():
     with ours, theirs, pytest.raises(pensocket.Unavailable) as raised:
         pensocket.ask(ours, pensocket.status_request(), timeout_s=0.1)
     assert str(raised.value) == "the daemon did not answer within 0 s"
+
+
+# (path, errno of connect(2), the line)
+CANNOT_CONNECT = [
+    ("/nope", 2, "nothing listens at /nope (no such file); give the daemon's socket with --socket "
+                 "or $HOLDINGPEN_SOCKET (the default is /run/holdingpen.socket)"),
+    ("/run/holdingpen.socket", 2, "the holdingpen daemon is not running (/run/holdingpen.socket); "
+                                  "start it with: systemctl restart holdingpen.socket"),
+    ("/tmp/hp.sock", 111, "the holdingpen daemon is not running (/tmp/hp.sock); "
+                          "start it with: systemctl restart holdingpen.socket"),
+    ("/tmp/hp.sock", 13, "no permission to connect to /tmp/hp.sock"),
+    ("/tmp/f/hp.sock", 20, "cannot connect to /tmp/f/hp.sock: Not a directory"),
+]
+
+
+@pytest.mark.parametrize("path, error, line", CANNOT_CONNECT)
+def test_cannot_connect_names_the_fix(path, error, line):
+    assert pensocket.cannot_connect(path, OSError(error, os.strerror(error))) == line
