@@ -19,7 +19,7 @@ from holdingpen.common import cmdline, exits
 FD_ENV = {"memory": "HOLDINGPEN_MEMORY_FD", "disk": "HOLDINGPEN_DISK_FD"}
 
 
-def kind(text):
+def pool_kind(text):
     """A pool's kind as a client names it: memory, disk (the first disk pool) or disk:PATH."""
     if text in ("memory", "disk") or (text.startswith("disk:/") and "\0" not in text):
         return text
@@ -28,7 +28,7 @@ def kind(text):
 
 OPTIONS = [
     cmdline.Option(None, "--socket", "socket", "PATH"),
-    cmdline.Option("-k", "--kind", "kind", "KIND", convert=kind),
+    cmdline.Option("-k", "--kind", "kind", "KIND", convert=pool_kind),
     cmdline.Option(None, "--fd", "fd"),
     cmdline.Option(None, "--strict", "strict"),
     cmdline.Option("-q", "--quiet", "quiet"),

@@ -392,7 +392,10 @@ def _flock_until(fd, op, deadline):
                     signal.setitimer(signal.ITIMER_REAL, 0)
             except _Alarm as alarm:
                 if not for_them:
-                    raise LockBusy("timed out") from None
+                    try:        # it may have come, or been taken, just as the timer fired
+                        return fcntl.flock(fd, op | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise LockBusy("timed out") from None
                 their_due = their_due + their_interval_s if their_interval_s else None
                 _deliver_alarm(theirs, alarm.args[0])
     finally:
