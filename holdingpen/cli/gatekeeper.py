@@ -1,6 +1,6 @@
 """gatekeeper: borrow a reservation from the Holding Pen, then become CMD.
 
-    gatekeeper [--socket PATH] [--kind memory|disk[:PATH]] [--fd] [--strict] [-q] [--] CMD [ARG...]
+    gatekeeper [--socket PATH] [-k|--kind memory|disk[:PATH]] [--fd] [--strict] [-q] [--] CMD [ARG...]
 
 gatekeeper connects, borrows, leaves the connection open and inheritable,
 and execs CMD: no process of ours stays behind. The loan lasts until CMD and
@@ -13,20 +13,28 @@ $HOLDINGPEN_MEMORY_FD or $HOLDINGPEN_DISK_FD.
 import os
 import sys
 
-from holdingpen.common import cmdline, exits, job
-from holdingpen.pen import client, protocol
+from holdingpen.cli import pensocket
+from holdingpen.common import cmdline, exits
 
 FD_ENV = {"memory": "HOLDINGPEN_MEMORY_FD", "disk": "HOLDINGPEN_DISK_FD"}
 
+
+def pool_kind(text):
+    """A pool's kind as a client names it: memory, disk (the first disk pool) or disk:PATH."""
+    if text in ("memory", "disk") or (text.startswith("disk:/") and "\0" not in text):
+        return text
+    raise ValueError(f"expected memory, disk or disk:PATH (an absolute path), not {text!r}")
+
+
 OPTIONS = [
     cmdline.Option(None, "--socket", "socket", "PATH"),
-    cmdline.Option("-k", "--kind", "kind", "KIND"),
+    cmdline.Option("-k", "--kind", "kind", "KIND", convert=pool_kind),
     cmdline.Option(None, "--fd", "fd"),
     cmdline.Option(None, "--strict", "strict"),
     cmdline.Option("-q", "--quiet", "quiet"),
     cmdline.Option("-h", "--help", "help"),
 ]
-USAGE = ("usage: gatekeeper [--socket PATH] [--kind memory|disk[:PATH]] [--fd] [--strict] [-q] "
+USAGE = ("usage: gatekeeper [--socket PATH] [-k|--kind memory|disk[:PATH]] [--fd] [--strict] [-q] "
          "[--] CMD [ARG...]\n")
 HELP = """
 Borrow one reservation from the holdingpen daemon for as long as CMD runs.
@@ -59,15 +67,15 @@ def run(argv, environ=os.environ):
     except cmdline.UsageError as e:
         sys.stderr.write(f"gatekeeper: {e}\n{USAGE}")
         return exits.USAGE
-    program = job.find_program(command[0], environ.get("PATH", os.defpath))
-    if program is None:
+    found = cmdline.find_program(command[0], environ.get("PATH", os.defpath))
+    if found is None:
         sys.stderr.write(f"gatekeeper: {command[0]}: command not found\n")
         return exits.NOT_FOUND
 
     kind = opts["kind"] or "memory"
     env = dict(environ)
     try:
-        sock = borrow(client.socket_path(opts["socket"], environ), kind, opts["fd"], env)
+        sock = borrow(pensocket.socket_path(opts["socket"], environ), kind, opts["fd"], env)
     except Refused as e:
         if opts["strict"]:
             sys.stderr.write(f"gatekeeper: {e}\n")
@@ -79,7 +87,7 @@ def run(argv, environ=os.environ):
         os.set_inheritable(sock.fileno(), True)   # the loan lasts as long as CMD (and its children)
         sock.detach()
     try:
-        os.execve(program, command, env)
+        os.execve(found, command, env)
     except OSError as e:
         sys.stderr.write(f"gatekeeper: cannot run {command[0]}: {e.strerror}\n")
         return exits.CANNOT_RUN
@@ -98,13 +106,13 @@ def borrow(path, kind, want_fd, env):
         Refused: nothing was borrowed; the message says why.
     """
     try:
-        sock = client.connect(path)
-        reply, fds = client.ask(sock, protocol.Request(protocol.BORROW, kind, want_fd))
-    except client.Unavailable as e:
+        sock = pensocket.connect(path)
+        reply, fds = pensocket.ask(sock, pensocket.borrow_request(kind, want_fd))
+    except pensocket.Unavailable as e:
         raise Refused(str(e)) from None
     if not reply["ok"]:
         sock.close()
-        code = exits.NOPERM if reply.get("error") == protocol.NOT_AUTHORIZED else exits.UNAVAILABLE
+        code = exits.NOPERM if reply.get("error") == pensocket.NOT_AUTHORIZED else exits.UNAVAILABLE
         raise Refused(f"{reply.get('message') or reply.get('error')} ({reply.get('error')})", code)
     if want_fd:
         if len(fds) != 1:

@@ -1,7 +1,8 @@
-"""holdingpen: the reservation daemon, and a look at its pool.
+"""holdingpen: the reservation daemon, a look at its pool, and a check of its configuration.
 
     holdingpen serve  [--config PATH] [--socket PATH]
     holdingpen status [--socket PATH] [--json | --openmetrics]
+    holdingpen check  [--config PATH]
 
 `serve` takes its listening socket from systemd (LISTEN_FDS) or, with
 --socket or without systemd, binds it itself; so it also runs by hand:
@@ -15,8 +16,8 @@ import socket
 import sys
 import time
 
+from holdingpen.cli import pensocket
 from holdingpen.common import cmdline, exits, text
-from holdingpen.pen import client, protocol
 from holdingpen.pen.sizes import format_size
 
 
@@ -31,9 +32,30 @@ STATUS_OPTIONS = [
     cmdline.Option(None, "--openmetrics", "openmetrics"),
     cmdline.Option("-h", "--help", "help"),
 ]
+CHECK_OPTIONS = [
+    cmdline.Option("-c", "--config", "config", "PATH"),
+    cmdline.Option("-h", "--help", "help"),
+]
 USAGE = """\
 usage: holdingpen serve  [--config PATH] [--socket PATH]
        holdingpen status [--socket PATH] [--json | --openmetrics]
+       holdingpen check  [--config PATH]
+"""
+HELP = """
+Keep memory and disk space reserved, so that `gatekeeper CMD` can borrow it.
+
+  serve    run the reservation daemon (systemd starts it through holdingpen.socket)
+  status   show the pools and who holds what
+  check    say whether the configuration is good, or what is wrong and where
+
+  -c, --config PATH  the configuration (default /etc/holdingpen/holdingpen.toml)
+      --socket PATH  the daemon's socket (default $HOLDINGPEN_SOCKET, else /run/holdingpen.socket)
+      --json         status as JSON
+      --openmetrics  status as OpenMetrics text, for Prometheus
+  -h, --help         this help
+
+Exit status: 0; 64 usage; 69 the daemon cannot be asked (status); 73 the
+socket cannot be bound (serve); 78 a bad configuration (serve, check).
 """
 
 
@@ -43,9 +65,10 @@ def main():
 
 def run(argv):
     verb, rest = (argv[0], argv[1:]) if argv else (None, [])
-    commands = {"serve": (SERVE_OPTIONS, serve), "status": (STATUS_OPTIONS, status)}
+    commands = {"serve": (SERVE_OPTIONS, serve), "status": (STATUS_OPTIONS, status),
+                "check": (CHECK_OPTIONS, check)}
     if verb in ("-h", "--help"):
-        sys.stdout.write(USAGE)
+        sys.stdout.write(USAGE + HELP)
         return 0
     if verb not in commands:
         sys.stderr.write(f"holdingpen: {'no command given' if verb is None else f'unknown command {verb!r}'}\n"
@@ -58,9 +81,28 @@ def run(argv):
         sys.stderr.write(f"holdingpen {verb}: {e}\n{USAGE}")
         return exits.USAGE
     if opts["help"]:
-        sys.stdout.write(USAGE)
+        sys.stdout.write(USAGE + HELP)
         return 0
     return action(opts)
+
+
+def check(opts):
+    """Load the configuration as serve would; say it is good, or the one line of what is wrong.
+
+    The unit's ExecReload= runs this, so that a reload with a bad file fails and says why.
+    """
+    from holdingpen.pen import config
+    try:
+        cfg = config.load(opts["config"])
+    except config.ConfigError as e:
+        sys.stderr.write(f"holdingpen: {e}\n")
+        return exits.CONFIG
+    pools = "; ".join(f"{p.name} {p.count} x {format_size(p.size_bytes)}" for p in cfg.pools)
+    if opts["config"] is None and cfg.source != config.DEFAULT_PATH:
+        sys.stdout.write(f"holdingpen: no {config.DEFAULT_PATH}, so the defaults apply: {pools}\n")
+    else:
+        sys.stdout.write(f"holdingpen: {cfg.source} is good: {pools}\n")
+    return 0
 
 
 def serve(opts):
@@ -79,7 +121,7 @@ def serve(opts):
         del passed[listener]
         listener = socket.socket(fileno=listener)
     else:
-        path = client.socket_path(opts["socket"])
+        path = pensocket.socket_path(opts["socket"])
         try:
             listener = daemon.bind(path)
         except OSError as e:
@@ -133,12 +175,14 @@ def status(opts):
     if opts["json"] and opts["openmetrics"]:
         sys.stderr.write(f"holdingpen status: choose --json or --openmetrics\n{USAGE}")
         return exits.USAGE
-    path = client.socket_path(opts["socket"])
+    path = pensocket.socket_path(opts["socket"])
     try:
-        sock = client.connect(path)
-        with sock:
-            reply, fds = client.ask(sock, protocol.Request(protocol.STATUS))
-    except client.Unavailable as e:
+        sock = pensocket.connect(path)
+        try:
+            reply, fds = pensocket.ask(sock, pensocket.status_request())
+        finally:
+            sock.close()
+    except pensocket.Unavailable as e:
         sys.stderr.write(f"holdingpen: {e}\n")
         return exits.UNAVAILABLE
     for fd in fds:

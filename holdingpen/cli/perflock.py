@@ -93,8 +93,8 @@ def run(prog, argv, shared):
         sys.stderr.write(f"{prog}: {e}\n{usage}")
         return exits.USAGE
 
-    program = job.find_program(command[0], os.environ.get("PATH", os.defpath))
-    if program is None:
+    found = cmdline.find_program(command[0], os.environ.get("PATH", os.defpath))
+    if found is None:
         sys.stderr.write(f"{prog}: {command[0]}: command not found\n")
         return exits.NOT_FOUND
     say = _quiet if opts["quiet"] else _Say(prog)
@@ -106,7 +106,7 @@ def run(prog, argv, shared):
     task = None
     try:
         try:
-            task = job.Job(prog, program, command)
+            task = job.Job(prog, found, command)
         except OSError as e:
             sys.stderr.write(f"{prog}: cannot start {command[0]}: {e.strerror}\n")
             return exits.OSERR

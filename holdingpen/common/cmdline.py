@@ -4,8 +4,11 @@ Options stop at the first word that is not one, so ``perflock ls -l`` runs
 ``ls -l``. Short options cluster (``-qn``) and take a value attached or next
 (``-w5``, ``-w 5``); long ones take it as ``--timeout=5`` or ``--timeout 5``.
 Hand-written rather than argparse, which alone costs more start-up time than
-perflock's whole budget.
+perflock's whole budget. find_program() finds CMD's file, here rather than
+in job.py so that gatekeeper, which execs CMD itself, loads no more.
 """
+
+import os
 
 
 class UsageError(Exception):
@@ -115,3 +118,19 @@ def exit_code(text):
     if not (text.isascii() and text.isdigit()) or int(text) > 255:
         raise ValueError(f"expected an exit code from 0 to 255, not {text!r}")
     return int(text)
+
+
+def find_program(name, search_path):
+    """The file execvp(3) would run for name, or None.
+
+    Looked up in the parent: os.execvp imports the warnings module in the
+    child, and a command that does not exist should not wait for its turn.
+    """
+    if "/" in name:
+        return name
+    for directory in search_path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
+

@@ -21,21 +21,6 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _SI_KERNEL = 0x80
 
 
-def find_program(name, search_path):
-    """The file execvp(3) would run for name, or None.
-
-    Looked up in the parent: os.execvp imports the warnings module in the
-    child, and a command that does not exist should not wait for its turn.
-    """
-    if "/" in name:
-        return name
-    for directory in search_path.split(":"):
-        candidate = os.path.join(directory or ".", name)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-            return candidate
-    return None
-
-
 def exit_status(wait_status):
     """A waitpid() status as an exit status: the code, or 128+N for signal N."""
     code = os.waitstatus_to_exitcode(wait_status)

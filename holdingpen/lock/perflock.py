@@ -345,7 +345,7 @@ def _flock_problem(what, error):
     return f"cannot lock {what}: {error.strerror}"
 
 
-class _Expired(Exception):
+class _Alarm(Exception):
     pass
 
 
@@ -354,7 +354,9 @@ def _flock_until(fd, op, deadline):
 
     In the main thread a timer signal interrupts the wait, so the lock is
     taken the moment it is free; elsewhere (signals only reach the main
-    thread) it polls.
+    thread) it polls. The caller's own ITIMER_REAL (a harness's timeout, say)
+    is kept: if it falls due while we wait, its SIGALRM handler runs then,
+    and it is set again, as it was, when we return.
     """
     import signal
     import threading
@@ -367,20 +369,47 @@ def _flock_until(fd, op, deadline):
                     raise LockBusy("timed out") from None
                 time.sleep(0.005)
 
-    def expire(signum, frame):
-        raise _Expired
+    def on_alarm(signum, frame):
+        raise _Alarm(frame)
 
-    remaining_s = deadline - time.monotonic()
-    if remaining_s <= 0:
+    if deadline - time.monotonic() <= 0:
         raise LockBusy("timed out")
-    previous = signal.signal(signal.SIGALRM, expire)
+    theirs = signal.signal(signal.SIGALRM, on_alarm)
+    their_s, their_interval_s = signal.setitimer(signal.ITIMER_REAL, 0)
+    their_due = time.monotonic() + their_s if their_s > 0 else None
     try:
-        signal.setitimer(signal.ITIMER_REAL, remaining_s)
-        try:
-            fcntl.flock(fd, op)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except _Expired:
-        raise LockBusy("timed out") from None
+        while True:
+            now = time.monotonic()
+            for_them = their_due is not None and their_due <= deadline
+            wake_s = (their_due if for_them else deadline) - now
+            if wake_s <= 0 and not for_them:
+                raise LockBusy("timed out")
+            try:
+                signal.setitimer(signal.ITIMER_REAL, max(wake_s, 1e-6))
+                try:
+                    return fcntl.flock(fd, op)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except _Alarm as alarm:
+                if not for_them:
+                    try:        # it may have come, or been taken, just as the timer fired
+                        return fcntl.flock(fd, op | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise LockBusy("timed out") from None
+                their_due = their_due + their_interval_s if their_interval_s else None
+                _deliver_alarm(theirs, alarm.args[0])
     finally:
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, theirs)
+        if their_due is not None:
+            signal.setitimer(signal.ITIMER_REAL, max(their_due - time.monotonic(), 1e-6),
+                             their_interval_s)
+
+
+def _deliver_alarm(handler, frame):
+    """The caller's SIGALRM, fallen due while we waited: what it would have done."""
+    import signal
+    if callable(handler):
+        handler(signal.SIGALRM, frame)
+    elif handler == signal.SIG_DFL:      # the default action: die of it
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGALRM)

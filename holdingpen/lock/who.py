@@ -7,16 +7,15 @@ alive and who holds or waits for the lock file itself, tickets say the rest
 
 import os
 import pwd
-import shlex
 
+from holdingpen.common.text import shell_words
 from holdingpen.lock import lockqueue, proclocks
 from holdingpen.lock.perflock import LockError, missing_lock_file, queue_dir
 
-KEYS = ("pid", "user", "mode", "state", "since", "command", "message")
-
 
 def survey(path, proc="/proc"):
-    """Holders, then waiters in order, as dicts with the keys in KEYS.
+    """Holders, then waiters in order, as dicts with the keys pid, user, mode
+    (exclusive, shared), state (holding, waiting), since, command and message.
 
     `since` is Unix time: when a holder got the lock or a waiter arrived; for
     a plain flock(1) user, when its process started (all the kernel tells).
@@ -86,7 +85,7 @@ def _ticket_holder(pid, mode, state, ticket):
     except ValueError:
         since = mtime
     return {"pid": pid, "user": _user_name(uid), "mode": mode, "state": state,
-            "since": since, "command": shlex.join(command), "message": message}
+            "since": since, "command": shell_words(command), "message": message}
 
 
 def _flock_user(pid, mode, state):
@@ -96,7 +95,7 @@ def _flock_user(pid, mode, state):
         process = psutil.Process(pid)
         with process.oneshot():
             user = _user_name(process.uids().real)
-            command = shlex.join(process.cmdline()) or f"[{process.name()}]"
+            command = shell_words(process.cmdline()) or f"[{process.name()}]"
             since = process.create_time()
     except psutil.Error:
         return None

@@ -19,6 +19,8 @@ import mmap
 import os
 import stat
 
+from holdingpen.pen import config
+
 MEMORY = "memory"
 DISK = "disk"
 _MAP_LOCKED = 0x2000   # <sys/mman.h> on Linux; the mmap module passes flags through
@@ -85,7 +87,7 @@ def reserve_disk(directory, size_bytes):
         fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError as e:
         if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise ReserveError(f"cannot reserve space in {directory}: {e.strerror}") from None
+            raise ReserveError(config.cannot_reserve_in(directory, e)) from None
         fd = _unlinked_file(directory)    # a filesystem without O_TMPFILE
     try:
         os.posix_fallocate(fd, 0, size_bytes)

@@ -22,8 +22,12 @@
 Without a file: one memory reservation of 256 MiB and no disk reservation,
 safe on any machine (the daemon also never reserves memory the machine
 cannot spare). Every error names the file, the key and what is wrong.
+
+parse() reads the text alone; load() also looks at the file system: a
+[[disk]] path must be an existing directory.
 """
 
+import errno
 import os
 import tomllib
 
@@ -101,7 +105,47 @@ def load(path=None):
         return parse(b"", "(defaults)")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
-    return parse(data, path)
+    cfg = parse(data, path)
+    check_directories(cfg, os.stat)
+    return cfg
+
+
+def check_directories(cfg, stat):
+    """Every [[disk]] path is a directory that exists, as stat (os.stat) says.
+
+    Raises:
+        ConfigError: the first that is not, with the key and the fix.
+    """
+    import stat as modes
+    disks = [p for p in cfg.pools if p.kind == DISK]
+    for i, pool in enumerate(disks):
+        where = f"{cfg.source}: disk[{i}].path"
+        try:
+            st = stat(pool.path)
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: {_show(pool.path)} does not exist; create the directory "
+                              "or name one that exists") from None
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot look at {_show(pool.path)}: {e.strerror}") from None
+        if not modes.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{where}: {_show(pool.path)} is not a directory; name the "
+                              "directory whose filesystem should hold the reservations")
+
+
+def cannot_reserve_in(directory, error):
+    """The one line for a disk pool's directory where no file can be made, naming the fix.
+
+    The service sees the file system read-only but for /tmp and /var/tmp, so a
+    pool elsewhere fails with EROFS until a drop-in makes its directory writable.
+    """
+    problem = f"cannot reserve space in {directory}: {error.strerror}"
+    if error.errno == errno.EROFS:
+        return (f"{problem}; to let the service write there, add a drop-in "
+                f"(systemctl edit holdingpen) with [Service] ReadWritePaths={directory}, "
+                "then systemctl restart holdingpen")
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"{problem}; let the user holdingpen write to {directory}"
+    return problem
 
 
 def parse(data, source):

@@ -56,27 +56,29 @@ def journal_sink(message, fields):
     journal.send(message, SYSLOG_IDENTIFIER="holdingpen", **fields)
 
 
-def stderr_sink(message, fields):
-    sys.stderr.write(f"holdingpen: {fields['HOLDINGPEN_EVENT']}: {message}\n")
-    sys.stderr.flush()
+def stderr_sink(message, fields, stderr=None):
+    stderr = stderr or sys.stderr
+    stderr.write(f"holdingpen: {fields['HOLDINGPEN_EVENT']}: {message}\n")
+    stderr.flush()
 
 
-def stderr_is_journal():
+def stderr_is_journal(environ=os.environ, fd=2):
     """Whether systemd connected our stderr to journald ($JOURNAL_STREAM names it)."""
     try:
-        dev, ino = (int(x) for x in os.environ["JOURNAL_STREAM"].split(":"))
-        st = os.fstat(2)
+        dev, ino = (int(x) for x in environ["JOURNAL_STREAM"].split(":"))
+        st = os.fstat(fd)
     except (KeyError, ValueError, OSError):
         return False
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-def default_events():
-    """To journald when systemd runs us, else to stderr."""
-    if stderr_is_journal():
+def default_events(environ=os.environ, fd=2):
+    """To journald when systemd runs us (and python3-systemd is there), else to stderr."""
+    if stderr_is_journal(environ, fd):
         try:
-            import systemd.journal  # noqa: F401
-            return Events(journal_sink)
+            from systemd import journal
         except ImportError:
-            pass
+            journal = None
+        if journal is not None:
+            return Events(journal_sink)
     return Events(stderr_sink)

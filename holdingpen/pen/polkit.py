@@ -27,6 +27,21 @@ class NoAnswer(Exception):
     """polkitd is there but did not answer in time."""
 
 
+NO_JEEPNEY = ("polkit cannot be asked: the D-Bus library jeepney is missing; "
+              "install it with: apt install python3-jeepney")
+
+
+def _jeepney():
+    """The parts of jeepney we use; Unavailable (the "no polkit" outcome) if it is missing."""
+    try:
+        import jeepney
+        import jeepney.io.blocking
+        import jeepney.wrappers
+    except ImportError:
+        raise Unavailable(NO_JEEPNEY) from None
+    return jeepney
+
+
 class Polkit:
     """CheckAuthorization through a system-bus connection opened on first use."""
 
@@ -39,24 +54,25 @@ class Polkit:
         """polkit's answer for the process (pid, start_time) of uid.
 
         Raises:
-            Unavailable: polkitd cannot be asked.
+            Unavailable: polkitd cannot be asked (jeepney missing included).
+            NoAnswer: polkitd did not answer within timeout_s.
         """
-        from jeepney import DBusAddress, DBusErrorResponse, new_method_call
-        from jeepney.wrappers import unwrap_msg
-        authority = DBusAddress("/org/freedesktop/PolicyKit1/Authority",
+        jeepney = _jeepney()
+        authority = jeepney.DBusAddress("/org/freedesktop/PolicyKit1/Authority",
                                 bus_name="org.freedesktop.PolicyKit1",
                                 interface="org.freedesktop.PolicyKit1.Authority")
         subject = ("unix-process", {"pid": ("u", pid), "start-time": ("t", start_time),
                                     "uid": ("i", uid)})
-        message = new_method_call(authority, "CheckAuthorization", "(sa{sv})sa{ss}us",
+        message = jeepney.new_method_call(authority, "CheckAuthorization", "(sa{sv})sa{ss}us",
                                   (subject, action_id, {}, 0, ""))
         for attempt in (1, 2):      # once more on a fresh connection if polkitd restarted
             try:
                 conn = self._connection()
-                reply = unwrap_msg(conn.send_and_get_reply(message, timeout=self.timeout_s))
+                reply = jeepney.wrappers.unwrap_msg(
+                    conn.send_and_get_reply(message, timeout=self.timeout_s))
                 (is_authorized, _challenge, _details), = reply
                 return bool(is_authorized)
-            except DBusErrorResponse as e:
+            except jeepney.DBusErrorResponse as e:
                 if e.name in _NO_POLKIT:
                     raise Unavailable(f"polkit is not running ({e.name})") from None
                 raise Unavailable(f"polkit refused the question: {e.name}: {e.data}") from None
@@ -69,10 +85,14 @@ class Polkit:
                     raise Unavailable(f"cannot reach polkit on the system bus: {e}") from None
 
     def warm_up(self):
-        """Connect now, if we can, so that the first borrow does not wait for it."""
+        """Connect now, if we can, so that the first borrow does not wait for it.
+
+        Never raises: whatever is wrong, the first allowed() meets it again and says so.
+        """
         try:
             self._connection()
-        except (OSError, EOFError, ConnectionError, TimeoutError, ValueError, KeyError):
+        except (Unavailable, OSError, EOFError, ConnectionError, TimeoutError, ValueError,
+                KeyError):
             self.close()
 
     def _connection(self):
@@ -80,8 +100,7 @@ class Polkit:
             if self._open_bus is not None:
                 self._conn = self._open_bus()
             else:
-                from jeepney.io.blocking import open_dbus_connection
-                self._conn = open_dbus_connection(bus="SYSTEM")
+                self._conn = _jeepney().io.blocking.open_dbus_connection(bus="SYSTEM")
         return self._conn
 
     def close(self):

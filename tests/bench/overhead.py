@@ -1,6 +1,7 @@
-"""Wrapper overhead: `perflock true` and `pls true` beside flock(1) and a bare Python start.
+"""Wrapper overhead: `perflock true`, `pls true` and `wholock` beside flock(1) and a bare Python start.
 
 Goal: perflock adds at most 10 ms to a bare Python start (python3 -I -c pass).
+wholock (on a free lock) has no goal of its own; it is here so that it does not creep.
 Runs are interleaved so that a noisy neighbour slows every command alike.
 """
 
@@ -19,6 +20,7 @@ def main():
             "python3 -I -c pass": [PYTHON, "-I", "-c", "pass"],
             "perflock true": [s.cmd("perflock"), "true"],
             "pls true": [s.cmd("pls"), "true"],
+            "wholock": [s.cmd("wholock")],
         }
         times = {name: [] for name in commands}
         for name, argv in commands.items():      # warm the page cache
@@ -33,6 +35,7 @@ def main():
     for name in ("perflock true", "pls true"):
         print(f"  {name} adds {median(times[name]) - base:.2f} ms to a bare Python start "
               f"(goal: at most 10 ms); {median(times[name]) / median(times['flock LOCK true']):.1f}x flock(1)")
+    print(f"  wholock adds {median(times['wholock']) - base:.2f} ms to a bare Python start")
 
 
 if __name__ == "__main__":

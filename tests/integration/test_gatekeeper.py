@@ -54,13 +54,14 @@ def test_no_daemon(bindir, shared_tmp):
                HOLDINGPEN_SOCKET=str(shared_tmp / "nobody-here.sock"))
     done = subprocess.run(["gatekeeper", "sh", "-c", "exit 5"], env=env, capture_output=True, text=True)
     assert done.returncode == 5
-    assert done.stderr == (f"gatekeeper: the holdingpen daemon is not running ({shared_tmp}/nobody-here.sock); "
-                           "start it with: systemctl restart holdingpen.socket; running sh without a reservation\n")
+    assert done.stderr == (f"gatekeeper: nothing listens at {shared_tmp}/nobody-here.sock (no such file); "
+                           "give the daemon's socket with --socket or $HOLDINGPEN_SOCKET (the default is "
+                           "/run/holdingpen.socket); running sh without a reservation\n")
     strict = subprocess.run(["gatekeeper", "--strict", "true"], env=env, capture_output=True, text=True)
     assert strict.returncode == 69
     status = subprocess.run(["holdingpen", "status"], env=env, capture_output=True, text=True)
     assert status.returncode == 69
-    assert status.stderr.startswith("holdingpen: the holdingpen daemon is not running")
+    assert status.stderr.startswith("holdingpen: nothing listens at")
 
 
 def test_socket_option_beats_the_environment(pen, shared_tmp):

@@ -300,7 +300,7 @@ def test_reload_refuses_an_invalid_config_and_keeps_the_pool(ct):
     mark = journal_mark(ct)
     write_config(ct, POOL_CONFIG.replace("count = 2", 'count = "many"'))
 
-    ct.run(["systemctl", "reload", "holdingpen"])
+    assert ct.run(["systemctl", "reload", "holdingpen"], check=False).returncode != 0
 
     refused = wait_for("a config-refused entry in the journal",
                        lambda: journal(ct, "HOLDINGPEN_EVENT=config-refused", after=mark))

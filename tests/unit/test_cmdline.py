@@ -3,7 +3,7 @@
 import pytest
 
 from holdingpen.cli import perflock as perflock_cmd, wholock as wholock_cmd
-from holdingpen.common.cmdline import UsageError, parse
+from holdingpen.common.cmdline import UsageError, find_program, parse
 
 DEFAULTS = {"shared": False, "nonblock": False, "timeout_s": None, "conflict_exit": None,
             "message": None, "quiet": False, "lock": None, "help": False}
@@ -90,3 +90,17 @@ def test_usage_exits(main, argv, code, stderr, stdout, capsys):
     assert out.startswith(stdout)
     if code == 64:
         assert "usage:" in err    # the usage follows the error
+
+
+# (name, PATH, found)
+LOOKUPS = [
+    ("sh", "/nonexistent:/bin", "/bin/sh"),
+    ("sh", "/nonexistent", None),
+    ("./x", "/bin", "./x"),               # a name with a slash is not looked up
+    ("bin", "/", None),                   # a directory is not a program
+]
+
+
+@pytest.mark.parametrize("name, search_path, found", LOOKUPS)
+def test_find_program(name, search_path, found):
+    assert find_program(name, search_path) == found

@@ -306,3 +306,69 @@ def test_load_errors_in_the_file_name_it(tmp_path):
 ])
 def test_authorize_lists(data, lists):
     assert parse(data, SOURCE).authorize == lists
+
+
+def stat_saying(answers):
+    """os.stat for a file system of our own: {path: st_mode or an errno}."""
+    import errno as errnos
+    import stat as modes
+
+    def stat(path):
+        answer = answers.get(path, errnos.ENOENT)
+        if answer in (modes.S_IFDIR, modes.S_IFREG):
+            return os.stat_result((answer | 0o755, 0, 0, 1, 0, 0, 0, 0, 0, 0))
+        raise OSError(answer, os.strerror(answer), path)
+    return stat
+
+
+TWO_DISKS = b'[[disk]]\npath = "/var/tmp"\nsize = "1G"\n[[disk]]\npath = "/srv/pool"\nsize = "1G"\n'
+
+
+# (what the file system says of /srv/pool, the error or None)
+DIRECTORIES = [
+    (0o040000, None),
+    (2, f"{SOURCE}: disk[1].path: /srv/pool does not exist; create the directory or name one "
+        "that exists"),
+    (0o100000, f"{SOURCE}: disk[1].path: /srv/pool is not a directory; name the directory whose "
+               "filesystem should hold the reservations"),
+    (13, f"{SOURCE}: disk[1].path: cannot look at /srv/pool: Permission denied"),
+    (20, f"{SOURCE}: disk[1].path: cannot look at /srv/pool: Not a directory"),
+]
+
+
+@pytest.mark.parametrize("srv_pool, error", DIRECTORIES)
+def test_disk_paths_must_be_existing_directories(srv_pool, error):
+    cfg = parse(TWO_DISKS, SOURCE)
+    stat = stat_saying({"/var/tmp": 0o040000, "/srv/pool": srv_pool})
+    if error is None:
+        config.check_directories(cfg, stat)
+    else:
+        with pytest.raises(ConfigError) as raised:
+            config.check_directories(cfg, stat)
+        assert str(raised.value) == error
+
+
+def test_load_refuses_a_disk_path_that_does_not_exist(tmp_path):
+    path = tmp_path / "holdingpen.toml"
+    path.write_text(f'[[disk]]\npath = "{tmp_path}/nowhere"\nsize = "1M"\n')
+    with pytest.raises(ConfigError) as raised:
+        load(str(path))
+    assert str(raised.value) == (f"{path}: disk[0].path: {tmp_path}/nowhere does not exist; "
+                                 "create the directory or name one that exists")
+    path.write_text(f'[[disk]]\npath = "{tmp_path}"\nsize = "1M"\n')
+    assert load(str(path)).pools[1].path == str(tmp_path)
+
+
+# (errno of the failed open, the line)
+CANNOT_RESERVE = [
+    (30, "cannot reserve space in /srv: Read-only file system; to let the service write there, "
+         "add a drop-in (systemctl edit holdingpen) with [Service] ReadWritePaths=/srv, then "
+         "systemctl restart holdingpen"),
+    (13, "cannot reserve space in /srv: Permission denied; let the user holdingpen write to /srv"),
+    (28, "cannot reserve space in /srv: No space left on device"),
+]
+
+
+@pytest.mark.parametrize("error, line", CANNOT_RESERVE)
+def test_cannot_reserve_names_the_fix(error, line):
+    assert config.cannot_reserve_in("/srv", OSError(error, os.strerror(error))) == line

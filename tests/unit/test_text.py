@@ -1,8 +1,11 @@
 """The wording of durations and of who holds the machine."""
 
-import pytest
+import shlex
 
-from holdingpen.common.text import age, holders
+import pytest
+from hypothesis import given, strategies as st
+
+from holdingpen.common.text import age, holders, shell_words
 
 
 @pytest.mark.parametrize("seconds, text", [
@@ -32,3 +35,20 @@ def row(user, mode, state, pid=1, since=0.0, command="cmd", message=""):
 ])
 def test_holders(rows, text):
     assert holders(rows, now=292.0) == text
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["./bench", "--all"], "./bench --all"),
+    (["sh", "-c", "exit 3"], "sh -c 'exit 3'"),
+    (["echo", ""], "echo ''"),
+    (["echo", "it's"], "echo 'it'\"'\"'s'"),
+    (["caf\u00e9"], "'caf\u00e9'"),        # shlex's safe set is ASCII
+    ([], ""),
+])
+def test_shell_words(argv, line):
+    assert shell_words(argv) == line
+
+
+@given(st.lists(st.text()))
+def test_shell_words_is_shlex_join(argv):
+    assert shell_words(argv) == shlex.join(argv)

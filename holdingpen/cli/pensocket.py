@@ -1,0 +1,133 @@
+"""The commands' side of the daemon's socket: connect, ask one question, read the answer.
+
+The conversation of holdingpen.pen.client and protocol (the tests check that
+the bytes are the same), on the C cores _socket and _json: `import socket`
+costs about 4 ms (enum, selectors) and `import json` 3 ms, which gatekeeper,
+run before every CMD, cannot afford.
+"""
+
+import _socket
+import errno
+import os
+import sys
+
+from holdingpen.common import jsonline
+
+DEFAULT_SOCKET_PATH = "/run/holdingpen.socket"
+SOCKET_PATH_ENV = "HOLDINGPEN_SOCKET"
+REPLY_TIMEOUT_S = 30.0
+NOT_AUTHORIZED = "not-authorized"       # protocol.NOT_AUTHORIZED
+_MAX_FDS = 4                            # a reply carries one; more are read and closed
+_SCM_SPACE = _socket.CMSG_SPACE(_MAX_FDS * 4)
+
+
+class Unavailable(Exception):
+    """The daemon cannot be asked; the message names the fix."""
+
+
+def socket_path(path=None, environ=os.environ):
+    """path if given, else $HOLDINGPEN_SOCKET, else /run/holdingpen.socket."""
+    return path or environ.get(SOCKET_PATH_ENV) or DEFAULT_SOCKET_PATH
+
+
+def cannot_connect(path, error):
+    """The one line for a failed connect(2) to path, naming the fix."""
+    # At the default path a missing file is holdingpen.socket stopped or its file
+    # removed: restarting the unit fixes both. Elsewhere it is most likely a wrong path.
+    if error.errno == errno.ENOENT and path != DEFAULT_SOCKET_PATH:
+        return (f"nothing listens at {path} (no such file); give the daemon's socket with "
+                f"--socket or ${SOCKET_PATH_ENV} (the default is {DEFAULT_SOCKET_PATH})")
+    if error.errno in (errno.ENOENT, errno.ECONNREFUSED):
+        return (f"the holdingpen daemon is not running ({path}); "
+                "start it with: systemctl restart holdingpen.socket")
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to connect to {path}"
+    return f"cannot connect to {path}: {error.strerror}"
+
+
+def connect(path):
+    """A connection to the daemon at path (close-on-exec, blocking): a _socket.socket.
+
+    Raises:
+        Unavailable: nothing listens there, or we may not connect.
+    """
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise Unavailable(cannot_connect(path, e)) from None
+    return sock
+
+
+def borrow_request(kind, want_fd=False):
+    """The line asking to borrow a reservation of kind (protocol.encode_request's bytes)."""
+    fields = {"action": "borrow", "kind": kind}
+    if want_fd:
+        fields["fd"] = True
+    return (jsonline.dumps(fields) + "\n").encode()
+
+
+def status_request():
+    return b'{"action":"status"}\n'
+
+
+def ask(sock, request, timeout_s=REPLY_TIMEOUT_S):
+    """Send the request line, return (reply fields, descriptors received with it).
+
+    The descriptors are close-on-exec.
+
+    Raises:
+        Unavailable: the daemon hung up, said nothing in time, or not in protocol.
+    """
+    sock.settimeout(timeout_s)
+    data, fds = b"", []
+    try:
+        sock.sendall(request)
+        while not data.endswith(b"\n"):
+            chunk, ancillary, _, _ = sock.recvmsg(1 << 20, _SCM_SPACE, _socket.MSG_CMSG_CLOEXEC)
+            fds += _descriptors(ancillary)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        _close_all(fds)
+        raise Unavailable(f"the daemon did not answer within {timeout_s:.0f} s") from None
+    except OSError as e:
+        _close_all(fds)
+        raise Unavailable(f"the daemon hung up: {e.strerror}") from None
+    finally:
+        sock.settimeout(None)
+    try:
+        reply = _reply(data)
+    except Unavailable:
+        _close_all(fds)
+        raise
+    return reply, fds
+
+
+def _reply(data):
+    if not data:
+        raise Unavailable("the daemon closed the connection without an answer")
+    try:
+        reply = jsonline.loads(data.rstrip(b"\n").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Unavailable("the daemon's reply is not JSON") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise Unavailable("the daemon's reply has no \"ok\"")
+    return reply
+
+
+def _descriptors(ancillary):
+    fds = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds += [int.from_bytes(data[i:i + 4], sys.byteorder, signed=True)
+                    for i in range(0, usable, 4)]
+    return fds
+
+
+def _close_all(fds):
+    for fd in fds:
+        os.close(fd)
