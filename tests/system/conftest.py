@@ -1,8 +1,8 @@
 """The system tier: the checkout installed, as README.md says, in a booted container.
 
-One container serves the whole session (boot + install take about a second),
-so tests must leave it as they found it: stop their background jobs and
-restore any file they remove.
+One container serves the whole session (boot about a second; building and
+installing the package about 10 s), so tests must leave it as they found it:
+stop their background jobs and restore any file they remove.
 """
 
 import os
@@ -23,6 +23,12 @@ USERS = {"alice": 2000, "bob": 2001, "carol": 2002}
 # borrow from anywhere); bob and carol are not: they may borrow only from an
 # active console session.
 BORROWERS = ("alice",)
+
+CONFIG_DIR = "/etc/holdingpen"
+# This host (an image-building one) forbids maintainer scripts to start
+# services; a booted Debian machine has no such file.
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+INSTALL_TIMEOUT_S = 600    # the build and apt, on a loaded 2-core machine
 
 # The install line of a README code block, e.g. "$ sudo python3 -m holdingpen.install".
 _INSTALL_LINE = re.compile(r"^\s*(?:\$\s+)?sudo\s+(python3 -m holdingpen\.install)\s*(?:#.*)?$")
@@ -55,6 +61,13 @@ def readme_install_command(readme):
                       "block; the system tests install exactly the way the README says")
 
 
+def install_from_readme(container, checkout=SRC_IN_CONTAINER, check=True):
+    """Run README.md's install command, as root, in checkout inside container."""
+    command = readme_install_command(CHECKOUT / "README.md")
+    return container.run(["sh", "-c", f"cd {checkout} && {command}"], check=check,
+                         timeout_s=INSTALL_TIMEOUT_S)
+
+
 @pytest.fixture(scope="session")
 def ct():
     """A booted container with holdingpen installed and users alice, bob, carol."""
@@ -62,12 +75,17 @@ def ct():
     if problem:
         pytest.skip(problem)
     try:
-        install = readme_install_command(CHECKOUT / "README.md")
+        readme_install_command(CHECKOUT / "README.md")
     except (LookupError, FileNotFoundError) as e:
         pytest.fail(str(e))
     sweep_stale()
     with Container(f"pt{os.getpid()}", binds=[f"{CHECKOUT}:{SRC_IN_CONTAINER}"]) as c:
-        c.run(["sh", "-c", f"cd {SRC_IN_CONTAINER} && {install}"])
+        c.run(["rm", "-f", POLICY_RC_D])
+        install_from_readme(c)
+        # The tests write the configuration they need and expect none at the
+        # start. The package's file is all comments, the same as none
+        # (test_package_system checks that); dpkg keeps a deleted conffile deleted.
+        c.run(["rm", "-r", CONFIG_DIR])
         for name, uid in USERS.items():
             groups = ["-G", "holdingpen"] if name in BORROWERS else []
             c.run(["useradd", "-m", "-u", str(uid), *groups, name])

@@ -1,0 +1,156 @@
+"""The Debian package's life on one machine: install, upgrade, remove, purge.
+
+A container of its own (the session's one must stay installed), and the
+steps in file order, each starting where the one before left the machine.
+"""
+
+import json
+import os
+import time
+
+import pytest
+
+from conftest import (CHECKOUT, POLICY_RC_D, SRC_IN_CONTAINER, install_from_readme,
+                      platform_problem)
+from daemonctl import SERVICE, SOCKET, borrowing, counts, show, wait_for
+from nspawn import Container
+
+CONFIG = "/etc/holdingpen/holdingpen.toml"
+BAD_CONFIG = '[memory]\nsize = "lots"\n'
+UPGRADE_SRC = "/tmp/holdingpen-upgrade"
+# Where the package, its scripts and systemd on its behalf write. Not all of
+# / : the container's lower layer is the live host, which others change.
+COMPARED = ["/etc", "/lib/systemd", "/usr/bin", "/usr/sbin", "/usr/lib/python3",
+            "/usr/lib/tmpfiles.d", "/usr/share/doc", "/usr/share/polkit-1", "/usr/local",
+            "/var/lib", "/run"]
+# Left out: dpkg's and apt's own records (dpkg-query checks those), systemd's
+# and journald's runtime state, adduser's lock file (adduser leaves it), and
+# agetty's note that it should reread /etc/issue (written on its own time).
+NOT_COMPARED = ["/var/lib/apt", "/var/lib/dpkg", "/var/lib/PackageKit", "/var/lib/systemd/timers",
+                "/var/lib/systemd/random-seed", "/run/systemd", "/run/user", "/run/log",
+                "/run/udev", "/run/dbus", "/run/utmp", "/run/adduser", "/run/agetty.reload"]
+
+
+@pytest.fixture(scope="module")
+def machine():
+    """A booted container without holdingpen, and what its file system held then."""
+    problem = platform_problem()
+    if problem:
+        pytest.skip(problem)
+    with Container(f"pkg{os.getpid()}", binds=[f"{CHECKOUT}:{SRC_IN_CONTAINER}"]) as c:
+        c.run(["rm", "-f", POLICY_RC_D])
+        yield c, file_system(c)
+
+
+def file_system(ct):
+    """Every path under COMPARED, with its type, mode and owner."""
+    prune = " -o ".join(f"-path {p}" for p in NOT_COMPARED)
+    out = ct.run(["sh", "-c", f"find {' '.join(COMPARED)} \\( {prune} \\) -prune -o "
+                  "-printf '%p %y %m %u %g\\n'"], timeout_s=120).stdout
+    return set(out.splitlines())
+
+
+def package_status(ct):
+    return ct.run(["dpkg-query", "-W", "-f=${Status} ${Version}", "holdingpen"],
+                  check=False).stdout
+
+
+def status(ct):
+    return json.loads(ct.run(["holdingpen", "status", "--json"]).stdout)
+
+
+def test_install_the_readme_way(machine, figure):
+    ct, _ = machine
+    start = time.monotonic()
+    install_from_readme(ct)
+    figure(f"build and install of the package in a container: {time.monotonic() - start:.1f} s")
+    assert package_status(ct).startswith("install ok installed ")
+    for unit in (SOCKET, SERVICE):
+        assert ct.run(["systemctl", "is-enabled", unit]).stdout == "enabled\n"
+        assert ct.run(["systemctl", "is-active", unit]).stdout == "active\n"
+    assert counts(status(ct)) == {"memory": (1, 1, 0)}
+    assert ct.path("/run/perflock").is_file()
+    assert ct.run(["getent", "passwd", "holdingpen"]).returncode == 0
+    assert ct.run(["getent", "group", "holdingpen"]).returncode == 0
+
+
+def test_shipped_configuration_is_the_defaults(machine):
+    ct, _ = machine
+    shipped = ct.path(CONFIG).read_text()
+    assert all(line == "" or line.startswith("#") for line in shipped.splitlines())
+    assert ct.run(["systemctl", "status", "--no-pager", SERVICE],
+                  check=False).stdout.count("memory 1/1 held (256 MiB)") == 1
+
+
+def test_upgrade_keeps_the_pool_and_every_loan(machine):
+    ct, _ = machine
+    version = package_status(ct).split()[-1]
+    # A newer checkout: this one, with a higher version at the top of the changelog.
+    ct.run(["cp", "-r", SRC_IN_CONTAINER, UPGRADE_SRC])
+    ct.run(["sed", "-i", f"1s/({version})/({version}+1)/", f"{UPGRADE_SRC}/debian/changelog"])
+    with borrowing(ct, "root") as job:
+        assert counts(status(ct)) == {"memory": (1, 0, 1)}
+        before = show(ct, "MainPID", "NFileDescriptorStore")
+        socket_since = show(ct, "ActiveEnterTimestampMonotonic", unit=SOCKET)
+        install_from_readme(ct, UPGRADE_SRC)
+        assert package_status(ct) == f"install ok installed {version}+1"
+        after = show(ct, "MainPID", "NFileDescriptorStore")
+        assert after["MainPID"] != before["MainPID"]            # restarted on the new code,
+        assert after["NFileDescriptorStore"] == before["NFileDescriptorStore"]  # nothing lost
+        assert show(ct, "ActiveEnterTimestampMonotonic", unit=SOCKET) == socket_since
+        reply = status(ct)
+        assert counts(reply) == {"memory": (1, 0, 1)}
+        assert [loan["pid"] for loan in reply["loans"]] == [job.pid]
+        assert job.proc.poll() is None
+    # The loan ends after the upgrade: the new daemon makes the reservation again.
+    wait_for("the pool whole again", lambda: counts(status(ct)), lambda c: c == {"memory": (1, 1, 0)})
+
+
+@pytest.mark.parametrize("how", ["installer", "postinst"])
+def test_bad_configuration_stops_the_upgrade_before_any_restart(machine, how):
+    # Needs `holdingpen check` (exit 78 and one line naming file, key and fix).
+    ct, _ = machine
+    shipped = ct.path(CONFIG).read_text()
+    main_pid = show(ct, "MainPID")["MainPID"]
+    version = package_status(ct).split()[-1]
+    ct.path(CONFIG).write_text(BAD_CONFIG)
+    try:
+        if how == "installer":
+            done = install_from_readme(ct, check=False)
+        else:
+            done = ct.run(["/var/lib/dpkg/info/holdingpen.postinst", "configure", version],
+                          check=False)
+        assert done.returncode != 0
+        assert CONFIG in done.stderr and "memory.size" in done.stderr
+        assert show(ct, "MainPID")["MainPID"] == main_pid        # not restarted on it
+        assert package_status(ct) == f"install ok installed {version}"
+    finally:
+        ct.path(CONFIG).write_text(shipped)
+        if show(ct, "MainPID")["MainPID"] != main_pid:
+            ct.run(["systemctl", "restart", SERVICE], check=False)
+
+
+def test_remove_stops_everything_and_keeps_the_configuration(machine):
+    ct, _ = machine
+    config = ct.path(CONFIG).read_text()
+    ct.run(["apt-get", "remove", "-y", "-q", "holdingpen"], timeout_s=300)
+    assert package_status(ct).startswith("deinstall ok config-files ")
+    assert ct.path(CONFIG).read_text() == config
+    for unit in (SOCKET, SERVICE):
+        assert ct.run(["systemctl", "is-active", unit], check=False).stdout == "inactive\n"
+        assert not ct.path(f"/lib/systemd/system/{unit}").exists()
+    assert not ct.path("/run/holdingpen.socket").exists()
+    assert ct.run(["sh", "-c", "command -v gatekeeper perflock"], check=False).stdout == ""
+    # A job may still hold the machine lock: it stays until purge or the next boot.
+    assert ct.path("/run/perflock").is_file()
+
+
+def test_purge_leaves_nothing_but_the_accounts(machine):
+    ct, before = machine
+    ct.run(["apt-get", "purge", "-y", "-q", "holdingpen"], timeout_s=300)
+    assert ct.run(["dpkg-query", "-W", "holdingpen"], check=False).returncode != 0
+    after = file_system(ct)
+    assert (sorted(after - before), sorted(before - after)) == ([], [])
+    # Debian keeps system accounts: files and rules may still name them.
+    assert ct.run(["getent", "passwd", "holdingpen"]).returncode == 0
+    assert ct.run(["getent", "group", "holdingpen"]).returncode == 0
