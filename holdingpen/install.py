@@ -100,8 +100,12 @@ def _check_config(checkout):
                            "or restarted: fix the file and run this again")
 
 
-def _build(checkout, workdir):
-    """Build the package in a copy of the checkout; return the .deb's path."""
+def build(checkout, workdir):
+    """Build the package in a copy of the checkout in workdir; return the .deb's path.
+
+    Raises:
+        InstallError: the build failed.
+    """
     source = workdir / "holdingpen"
     shutil.copytree(checkout, source, ignore=shutil.ignore_patterns(
         ".git", "__pycache__", "*.egg-info", "build", ".pytest_cache", ".hypothesis", ".venv"))
@@ -143,7 +147,7 @@ def install(checkout):
     _run(["apt-get", "satisfy", "-y", "-q", "--no-install-recommends",
           f"dpkg-dev, {build_depends(checkout / 'debian' / 'control')}"])
     with tempfile.TemporaryDirectory(prefix="holdingpen-build.") as workdir:
-        deb = _build(checkout, Path(workdir))
+        deb = build(checkout, Path(workdir))
         moved = _leave_old_layout()
         _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "--reinstall",
               "--allow-downgrades", *KEEP_CONFFILES, str(deb)])

@@ -25,9 +25,6 @@ USERS = {"alice": 2000, "bob": 2001, "carol": 2002}
 BORROWERS = ("alice",)
 
 CONFIG_DIR = "/etc/holdingpen"
-# This host (an image-building one) forbids maintainer scripts to start
-# services; a booted Debian machine has no such file.
-POLICY_RC_D = "/usr/sbin/policy-rc.d"
 INSTALL_TIMEOUT_S = 600    # the build and apt, on a loaded 2-core machine
 
 # The install line of a README code block, e.g. "$ sudo python3 -m holdingpen.install".
@@ -68,6 +65,16 @@ def install_from_readme(container, checkout=SRC_IN_CONTAINER, check=True):
                          timeout_s=INSTALL_TIMEOUT_S)
 
 
+def remove_config(container):
+    """Remove /etc/holdingpen, as the tests expect no configuration at the start.
+
+    They write the one they need. The package's file is all comments, the
+    same as none (test_package_system checks that), and dpkg keeps a deleted
+    conffile deleted.
+    """
+    container.run(["rm", "-r", CONFIG_DIR])
+
+
 @pytest.fixture(scope="session")
 def ct():
     """A booted container with holdingpen installed and users alice, bob, carol."""
@@ -80,12 +87,8 @@ def ct():
         pytest.fail(str(e))
     sweep_stale()
     with Container(f"pt{os.getpid()}", binds=[f"{CHECKOUT}:{SRC_IN_CONTAINER}"]) as c:
-        c.run(["rm", "-f", POLICY_RC_D])
         install_from_readme(c)
-        # The tests write the configuration they need and expect none at the
-        # start. The package's file is all comments, the same as none
-        # (test_package_system checks that); dpkg keeps a deleted conffile deleted.
-        c.run(["rm", "-r", CONFIG_DIR])
+        remove_config(c)
         for name, uid in USERS.items():
             groups = ["-G", "holdingpen"] if name in BORROWERS else []
             c.run(["useradd", "-m", "-u", str(uid), *groups, name])

@@ -19,7 +19,7 @@ PACKAGED = [f"/usr/bin/{c}" for c in COMMANDS] + [
     "/usr/share/polkit-1/actions/org.holdingpen.borrow.policy",
     "/usr/share/polkit-1/rules.d/50-holdingpen.rules",
     "/etc/holdingpen/holdingpen.toml",
-    "/usr/share/doc/holdingpen/README.md.gz",
+    "/usr/share/doc/holdingpen/README.md",     # Documentation= points here
     "/usr/lib/python3/dist-packages/holdingpen/cli/gatekeeper.py",
 ]
 
