@@ -157,6 +157,72 @@ def test_purge_leaves_nothing_but_the_accounts(machine):
     assert ct.run(["getent", "group", "holdingpen"]).returncode == 0
 
 
+# A machine as the installer of earlier versions left it: a copy of the
+# package and launchers in /usr/local, its units enabled and running.
+OLD_LIBDIR = "/usr/local/lib/holdingpen"
+OLD_FILES = ["/usr/local/bin/gatekeeper", "/usr/local/bin/holdingpen", "/usr/local/bin/perflock",
+             "/usr/local/bin/pls", "/usr/local/bin/wholock",
+             "/usr/local/lib/systemd/system/holdingpen.service",
+             "/usr/local/lib/systemd/system/holdingpen.socket",
+             "/usr/local/lib/tmpfiles.d/perflock.conf",
+             "/usr/share/polkit-1/actions/org.holdingpen.borrow.policy",
+             "/usr/share/polkit-1/rules.d/50-holdingpen.rules"]
+OLD_INSTALL = f"""set -e
+mkdir -p {OLD_LIBDIR}/release.1 /usr/local/lib/systemd/system /usr/local/lib/tmpfiles.d
+cp -r {SRC_IN_CONTAINER}/holdingpen {OLD_LIBDIR}/release.1/
+ln -s release.1 {OLD_LIBDIR}/current
+cd {SRC_IN_CONTAINER}
+python3 -c 'from holdingpen import install as i; i.write_launchers("/usr/local/bin", "{OLD_LIBDIR}/current", "/usr/bin/python3", i.entry_points("."))'
+sed 's|^ExecStart=.*|ExecStart=/usr/local/bin/holdingpen serve|' units/holdingpen.service \
+    > /usr/local/lib/systemd/system/holdingpen.service
+cp units/holdingpen.socket /usr/local/lib/systemd/system/
+cp tmpfiles.d/perflock.conf /usr/local/lib/tmpfiles.d/
+cp polkit/*.policy /usr/share/polkit-1/actions/
+cp polkit/*.rules /usr/share/polkit-1/rules.d/
+printf '%s\n' {' '.join(OLD_FILES)} > {OLD_LIBDIR}/MANIFEST
+groupadd --system holdingpen
+useradd --system --gid nogroup --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin holdingpen
+systemd-tmpfiles --create /usr/local/lib/tmpfiles.d/perflock.conf
+systemctl daemon-reload
+systemctl enable --now holdingpen.socket holdingpen.service
+"""
+
+
+@pytest.fixture
+def old_machine():
+    problem = platform_problem()
+    if problem:
+        pytest.skip(problem)
+    with Container(f"old{os.getpid()}", binds=[f"{CHECKOUT}:{SRC_IN_CONTAINER}"]) as c:
+        c.run(["sh", "-c", OLD_INSTALL])
+        yield c
+
+
+def test_an_old_installation_moves_over_keeping_its_loans(old_machine):
+    ct = old_machine
+    assert show(ct, "FragmentPath")["FragmentPath"] == \
+        "/usr/local/lib/systemd/system/holdingpen.service"
+    with borrowing(ct, "root") as job:
+        before = show(ct, "MainPID", "NFileDescriptorStore")
+        install_from_readme(ct)
+        after = show(ct, "MainPID", "NFileDescriptorStore", "FragmentPath", "ExecStart")
+        assert after["FragmentPath"] == "/lib/systemd/system/holdingpen.service"
+        assert after["ExecStart"].startswith("{ path=/usr/bin/holdingpen ;")
+        assert after["MainPID"] != before["MainPID"]
+        assert after["NFileDescriptorStore"] == before["NFileDescriptorStore"]
+        reply = status(ct)
+        assert counts(reply) == {"memory": (1, 0, 1)}
+        assert [loan["pid"] for loan in reply["loans"]] == [job.pid]
+    left = ct.run(["find", "/usr/local", "-name", "*holdingpen*", "-o", "-name", "perflock*",
+                   "-o", "-name", "gatekeeper", "-o", "-name", "pls", "-o", "-name", "wholock"])
+    assert left.stdout == ""
+    links = ct.run(["sh", "-c", "readlink /etc/systemd/system/*.wants/holdingpen.*"]).stdout
+    assert sorted(links.split()) == ["/lib/systemd/system/holdingpen.service",
+                                     "/lib/systemd/system/holdingpen.socket"]
+    wait_for("the pool whole again", lambda: counts(status(ct)), lambda c: c == {"memory": (1, 1, 0)})
+
+
 def test_lintian_finds_nothing_wrong(tmp_path, figure):
     problem = platform_problem()
     if problem:
