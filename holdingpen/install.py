@@ -19,9 +19,10 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from holdingpen.common import exits
+
 PYTHON = "/usr/bin/python3"
 CONFIG = "/etc/holdingpen/holdingpen.toml"
-EX_CONFIG = 78           # `holdingpen check`: the file is bad
 OLD_LIBDIR = Path("/usr/local/lib/holdingpen")   # the copier's layout, before the package
 # Debian's tools with Debian's python3: not one that comes earlier on PATH (pyenv, a venv).
 ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -71,10 +72,10 @@ def write_launchers(bindir, libdir=None, python=PYTHON, scripts=None):
     return paths
 
 
-def build_depends(control):
-    """The Build-Depends of debian/control, as one apt-get satisfy string."""
+def build_depends(control_text):
+    """The Build-Depends of a debian/control text, as one apt-get satisfy string."""
     field, lines = None, []
-    for line in Path(control).read_text().splitlines():
+    for line in control_text.splitlines():
         if line[:1] not in (" ", "\t"):
             field, _, line = line.partition(":")
         if field == "Build-Depends":
@@ -95,7 +96,7 @@ def _check_config(checkout):
     done = subprocess.run([PYTHON, "-c", "import sys; from holdingpen.cli.holdingpen "
                            "import run; sys.exit(run(sys.argv[1:]))", "check", "--config", CONFIG],
                           cwd=checkout, capture_output=True, text=True)
-    if done.returncode == EX_CONFIG:
+    if done.returncode == exits.CONFIG:     # `holdingpen check`: the file is bad
         raise InstallError(f"{(done.stderr or done.stdout).strip()}; nothing was installed "
                            "or restarted: fix the file and run this again")
 
@@ -147,7 +148,7 @@ def install(checkout):
         raise InstallError(f"{checkout} is not a holdingpen checkout; run this from one")
     _check_config(checkout)
     _run(["apt-get", "satisfy", "-y", "-q", "--no-install-recommends",
-          f"dpkg-dev, {build_depends(checkout / 'debian' / 'control')}"])
+          f"dpkg-dev, {build_depends((checkout / 'debian' / 'control').read_text())}"])
     with tempfile.TemporaryDirectory(prefix="holdingpen-build.") as workdir:
         deb = build(checkout, Path(workdir))
         moved = _leave_old_layout()
