@@ -26,6 +26,7 @@ CONFIG = "/etc/holdingpen/holdingpen.toml"
 OLD_LIBDIR = Path("/usr/local/lib/holdingpen")   # the copier's layout, before the package
 # Debian's tools with Debian's python3: not one that comes earlier on PATH (pyenv, a venv).
 ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+APT_FIX = "run 'apt-get update' and try again (apt's lists may be old or missing)"
 # Keep the administrator's /etc/holdingpen/holdingpen.toml on an upgrade, without asking.
 KEEP_CONFFILES = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
 
@@ -83,11 +84,12 @@ def build_depends(control_text):
     return " ".join(lines).strip(" ,")
 
 
-def _run(argv, **kwargs):
+def _run(argv, fix=None, **kwargs):
     print("+ " + " ".join(argv), flush=True)
     done = subprocess.run(argv, env=ENV, **kwargs)
     if done.returncode != 0:
-        raise InstallError(f"'{' '.join(argv)}' failed with exit status {done.returncode}")
+        raise InstallError(f"'{' '.join(argv)}' failed with exit status {done.returncode}"
+                           + (f"; {fix}" if fix else ""))
 
 
 def _check_config(checkout):
@@ -148,12 +150,13 @@ def install(checkout):
         raise InstallError(f"{checkout} is not a holdingpen checkout; run this from one")
     _check_config(checkout)
     _run(["apt-get", "satisfy", "-y", "-q", "--no-install-recommends",
-          f"dpkg-dev, {build_depends((checkout / 'debian' / 'control').read_text())}"])
+          f"dpkg-dev, {build_depends((checkout / 'debian' / 'control').read_text())}"],
+         fix=APT_FIX)
     with tempfile.TemporaryDirectory(prefix="holdingpen-build.") as workdir:
         deb = build(checkout, Path(workdir))
         moved = _leave_old_layout()
         _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "--reinstall",
-              "--allow-downgrades", *KEEP_CONFFILES, str(deb)])
+              "--allow-downgrades", *KEEP_CONFFILES, str(deb)], fix=APT_FIX)
     if not os.path.isdir("/run/systemd/system"):
         print("holdingpen is installed; systemd is not running here, so nothing was started")
         return
