@@ -22,7 +22,6 @@ from pathlib import Path
 from holdingpen.common import exits
 
 PYTHON = "/usr/bin/python3"
-CONFIG = "/etc/holdingpen/holdingpen.toml"
 OLD_LIBDIR = Path("/usr/local/lib/holdingpen")   # the copier's layout, before the package
 # Debian's tools with Debian's python3: not one that comes earlier on PATH (pyenv, a venv).
 ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -94,9 +93,10 @@ def _run(argv, fix=None, **kwargs):
 
 def _check_config(checkout):
     """Refuse to go on with a bad configuration: the daemon would not start on it."""
-    # The checkout's own `holdingpen check`, run from the checkout (cwd).
+    # The checkout's own `holdingpen check`, run from the checkout (cwd), on
+    # the default file: unlike a --config PATH, that one may be absent.
     done = subprocess.run([PYTHON, "-c", "import sys; from holdingpen.cli.holdingpen "
-                           "import run; sys.exit(run(sys.argv[1:]))", "check", "--config", CONFIG],
+                           "import run; sys.exit(run(sys.argv[1:]))", "check"],
                           cwd=checkout, capture_output=True, text=True)
     if done.returncode == exits.CONFIG:     # `holdingpen check`: the file is bad
         raise InstallError(f"{(done.stderr or done.stdout).strip()}; nothing was installed "
