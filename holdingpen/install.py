@@ -22,6 +22,7 @@ from pathlib import Path
 from holdingpen.common import exits
 
 PYTHON = "/usr/bin/python3"
+POLICY_RC_D = "/usr/sbin/policy-rc.d"   # present in images built for containers
 OLD_LIBDIR = Path("/usr/local/lib/holdingpen")   # the copier's layout, before the package
 # Debian's tools with Debian's python3: not one that comes earlier on PATH (pyenv, a venv).
 ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -161,12 +162,14 @@ def install(checkout):
         print("holdingpen is installed; systemd is not running here, so nothing was started")
         return
     if moved:
-        # The package's scripts only started what was already running, on the old code.
+        # A running old daemon: the package's scripts left it on the old code.
         _run(["systemctl", "restart", "holdingpen.service"])
     if subprocess.run(["systemctl", "is-active", "--quiet", "holdingpen.socket",
                        "holdingpen.service"]).returncode != 0:
-        raise InstallError("holdingpen is installed but not running: see 'systemctl status "
-                           "holdingpen.socket holdingpen.service' and 'journalctl -u holdingpen'")
+        forbidden = (f" ({POLICY_RC_D} forbids packages to start services here)"
+                     if os.path.exists(POLICY_RC_D) else "")
+        raise InstallError(f"holdingpen is installed but not running{forbidden}: see 'systemctl "
+                           "status holdingpen.socket holdingpen.service' and 'journalctl -u holdingpen'")
     print("holdingpen is installed and running")
 
 
