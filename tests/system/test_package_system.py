@@ -157,6 +157,25 @@ def test_purge_leaves_nothing_but_the_accounts(machine):
     assert ct.run(["getent", "group", "holdingpen"]).returncode == 0
 
 
+@pytest.fixture
+def fresh_machine():
+    problem = platform_problem()
+    if problem:
+        pytest.skip(problem)
+    with Container(f"new{os.getpid()}", binds=[f"{CHECKOUT}:{SRC_IN_CONTAINER}"]) as c:
+        yield c
+
+
+def test_a_borrowers_group_made_beforehand_is_kept(fresh_machine):
+    ct = fresh_machine
+    # An ordinary group, as an administrator makes one for the borrowers.
+    ct.run(["groupadd", "-g", "3000", "holdingpen"])
+    ct.run(["useradd", "-m", "-u", "2000", "-G", "holdingpen", "alice"])
+    install_from_readme(ct)
+    assert ct.run(["getent", "group", "holdingpen"]).stdout == "holdingpen:x:3000:alice\n"
+    assert ct.run(["systemctl", "is-active", SERVICE]).stdout == "active\n"
+
+
 # A machine as the installer of earlier versions left it: a copy of the
 # package and launchers in /usr/local, its units enabled and running.
 OLD_LIBDIR = "/usr/local/lib/holdingpen"
