@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import SRC_IN_CONTAINER
+from conftest import CONFIG_DIR, SRC_IN_CONTAINER, install_from_readme
 from daemonctl import SERVICE, SOCKET, counts, show
 
 COMMANDS = ["gatekeeper", "holdingpen", "perflock", "pls", "wholock"]
@@ -71,6 +71,22 @@ def test_perflock_lock_and_accounts_made_at_install(ct):
     assert int(group[2]) < 1000 and "alice" in group[3].split(",")
     # polkitd keeps its rules private; the package's directory must not open them up.
     assert ct.run(["stat", "-c", "%a %U", "/usr/share/polkit-1/rules.d"]).stdout == "700 polkitd\n"
+
+
+def test_installing_again_restarts_the_daemon_keeping_the_pool(ct):
+    before = show(ct, "MainPID", "NFileDescriptorStore")
+    done = install_from_readme(ct)
+    assert done.stdout.endswith("holdingpen is installed and running\n")
+    after = show(ct, "MainPID", "NFileDescriptorStore")
+    assert after["MainPID"] != before["MainPID"]
+    assert after["NFileDescriptorStore"] == before["NFileDescriptorStore"]
+    assert counts(json.loads(ct.run(["holdingpen", "status", "--json"]).stdout)) == \
+        {"memory": (1, 1, 0)}
+    # conftest deleted the conffile; dpkg keeps it deleted, as an admin
+    # would wish, and only makes its directory again, which we remove.
+    assert list(ct.path(CONFIG_DIR).iterdir()) == []
+    ct.path(CONFIG_DIR).rmdir()
+    assert ct.run(["perflock", "-n", "true"], user="alice").returncode == 0
 
 
 def test_install_needs_root(ct):
