@@ -46,3 +46,33 @@ def test_launchers_import_only_the_commands_module(tmp_path, libdir, path_line):
     assert lines == ["import sys", *path_line, "from holdingpen.cli.perflock import main_pls",
                      "sys.exit(main_pls())"]
     assert paths[0].stat().st_mode & 0o777 == 0o755
+
+
+# ---- the package's /etc/holdingpen/holdingpen.toml ----
+
+def _settings(config):
+    return config.pools, config.limits, {k: tuple(v) for k, v in config.authorize.items()}
+
+
+def _uncommented(text, skip_table):
+    """text with "# key = value" and "# [table]" lines made live, except in skip_table."""
+    lines, skipping = [], False
+    for line in text.splitlines():
+        body = line.removeprefix("# ")
+        if body.startswith("["):
+            skipping = body.startswith(skip_table)
+        looks_live = body.startswith("[") or " = " in body.split("#")[0]
+        lines.append(body if looks_live and not skipping and line.startswith("# ") else line)
+    return "\n".join(lines) + "\n"
+
+
+def test_shipped_configuration_is_the_defaults_commented():
+    from holdingpen.pen import config
+    shipped = (REPO / "debian" / "holdingpen.toml").read_text()
+    defaults = _settings(config.parse(b"", "(defaults)"))
+    assert _settings(config.parse(shipped.encode(), "shipped")) == defaults
+    # Its commented values are the defaults themselves (the [[disk]] table is
+    # an example: there is no disk reservation by default).
+    live = _uncommented(shipped, skip_table="[[disk]]")
+    assert "\n[memory]\n" in live and "\n[limits]\n" in live and "\n[authorize]" in live
+    assert _settings(config.parse(live.encode(), "uncommented")) == defaults
