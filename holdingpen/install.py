@@ -115,8 +115,9 @@ def build(checkout, workdir):
         ".git", "__pycache__", "*.egg-info", "build", ".pytest_cache", ".hypothesis", ".venv"))
     # No build-dependency check: install() has just satisfied them, and the check
     # would also want build-essential, a C compiler this package never uses.
-    _run(["dpkg-buildpackage", "--build=binary", "--no-sign", "--no-pre-clean",
-          "--no-check-builddeps"], cwd=source, stdout=subprocess.DEVNULL)
+    # Cleaned first (debian/rules clean), as the checkout may hold an earlier build.
+    _run(["dpkg-buildpackage", "--build=binary", "--no-sign", "--no-check-builddeps"],
+         cwd=source, stdout=subprocess.DEVNULL)
     debs = sorted(workdir.glob("holdingpen_*_all.deb"))
     if len(debs) != 1:
         raise InstallError(f"the build left {len(debs)} packages, not one, in {workdir}")

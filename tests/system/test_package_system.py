@@ -13,7 +13,8 @@ import pytest
 
 from holdingpen import install
 
-from conftest import CHECKOUT, SRC_IN_CONTAINER, install_from_readme, platform_problem
+from conftest import (CHECKOUT, INSTALL_TIMEOUT_S, SRC_IN_CONTAINER, install_from_readme,
+                      platform_problem)
 from daemonctl import SERVICE, SOCKET, borrowing, counts, show, wait_for
 from nspawn import Container
 
@@ -89,6 +90,9 @@ def test_upgrade_keeps_the_pool_and_every_loan(machine):
     # A newer checkout: this one, with a higher version at the top of the changelog.
     ct.run(["cp", "-r", SRC_IN_CONTAINER, UPGRADE_SRC])
     ct.run(["sed", "-i", f"1s/({version})/({version}+1)/", f"{UPGRADE_SRC}/debian/changelog"])
+    # ... in which the package was built already, as README.md's fleet recipe does.
+    ct.run(["sh", "-c", f"cd {UPGRADE_SRC} && PATH=/usr/sbin:/usr/bin:/sbin:/bin "
+            "dpkg-buildpackage -b --no-sign >/dev/null"], timeout_s=INSTALL_TIMEOUT_S)
     with borrowing(ct, "root") as job:
         assert counts(status(ct)) == {"memory": (1, 0, 1)}
         before = show(ct, "MainPID", "NFileDescriptorStore")
