@@ -10,7 +10,7 @@ Two products, independent of each other, and the shells around them:
     common/   what both products' commands use: command lines, wording,
               exit codes, running CMD
     perflock  the documented Python API of the lock (a re-export of lock/)
-    install   puts a checkout in place on a Debian 12 machine
+    install   builds the Debian package from a checkout and installs it with apt
 
 pen/ and lock/ import only themselves and common/; cli/ imports any of them.
 Modules are imported on demand, so that a command pays only for what it uses.

@@ -1,61 +1,42 @@
-"""Install holdingpen on a Debian 12 machine, or remove it again.
+"""Build holdingpen's Debian package from this checkout and install it with apt.
 
-    sudo python3 -m holdingpen.install               # from a checkout: install and start
-    sudo python3 -m holdingpen.install --uninstall   # remove everything it installed
+    sudo python3 -m holdingpen.install     # as root without sudo: python3 -m holdingpen.install
 
-What goes where (every path is listed in MANIFEST, which --uninstall reads):
-
-    /usr/local/lib/holdingpen/current/       the package, byte-compiled
-    /usr/local/bin/perflock, pls, ...        launchers for pyproject's [project.scripts]
-    /usr/local/lib/systemd/system/           units/*
-    /usr/local/lib/tmpfiles.d/               tmpfiles.d/*.conf
-    /usr/share/polkit-1/actions, rules.d/    polkit/*.policy, polkit/*.rules
-
-The libraries come from Debian (python3-psutil, ...), so the system's own
-updates keep them patched, and nothing is built on the target machine. The
-launchers run /usr/bin/python3 in isolated mode (-I): a tool that root runs
-must not pick up PYTHONPATH or a user's site-packages, and skipping pip's
-launcher (which imports re) keeps perflock's start-up cost low.
+Remove it with `apt remove holdingpen` (keeps /etc/holdingpen) or `apt purge
+holdingpen`. Steps: check /etc/holdingpen/holdingpen.toml before anything
+is restarted on it; install the build dependencies with apt-get; build the
+package in a copy of the checkout (the checkout stays clean); move an
+installation of the old /usr/local layout out of the way; install the
+package with apt, whose scripts enable and start the units, or restart the
+daemon on an upgrade (a restart keeps the pool and the loans).
 """
 
 import os
 import shutil
 import subprocess
 import sys
-import time
+import tempfile
 import tomllib
 from pathlib import Path
 
+from holdingpen.common import exits
+
 PYTHON = "/usr/bin/python3"
-DEBIAN_PACKAGES = ["python3-psutil", "python3-systemd", "python3-jeepney"]
-SERVICE_USER = "holdingpen"      # the daemon runs as this system user, not root
-BORROWERS_GROUP = "holdingpen"   # polkit/50-holdingpen.rules: members may always borrow
+POLICY_RC_D = "/usr/sbin/policy-rc.d"   # present in images built for containers
+OLD_LIBDIR = Path("/usr/local/lib/holdingpen")   # the copier's layout, before the package
+# Debian's tools with Debian's python3: not one that comes earlier on PATH (pyenv, a venv).
+ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+APT_FIX = "run 'apt-get update' and try again (apt's lists may be old or missing)"
+# Keep the administrator's /etc/holdingpen/holdingpen.toml on an upgrade, without asking.
+KEEP_CONFFILES = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
 
-LIBDIR = Path("/usr/local/lib/holdingpen")
-CURRENT = LIBDIR / "current"     # -> release.<time>, holding the package
-BINDIR = Path("/usr/local/bin")
-MANIFEST = LIBDIR / "MANIFEST"
-# (source folder in the checkout, file pattern, destination)
-SYSTEM_FILES = [
-    ("units", "*.socket", Path("/usr/local/lib/systemd/system")),
-    ("units", "*.service", Path("/usr/local/lib/systemd/system")),
-    ("units", "*.timer", Path("/usr/local/lib/systemd/system")),
-    ("tmpfiles.d", "*.conf", Path("/usr/local/lib/tmpfiles.d")),
-    ("polkit", "*.policy", Path("/usr/share/polkit-1/actions")),
-    ("polkit", "*.rules", Path("/usr/share/polkit-1/rules.d")),
-]
-
-# What our units write for node_exporter's textfile collector; removed on
-# --uninstall, or node_exporter would go on exporting them, stale.
-METRICS_FILES = [Path("/var/lib/prometheus/node-exporter") / name
-                 for name in ("perflock.prom", "holdingpen.prom")]
-UNIT_SUFFIXES = (".socket", ".service", ".timer")
-
+# Start-up cost: a command only imports its module. pip's and pybuild's
+# console scripts import re and more first; -I keeps a root-run tool from
+# picking up PYTHONPATH or a user's site-packages.
 LAUNCHER = '''#!{python} -I
-# {name}: written by holdingpen.install; do not edit.
+# {name}: a holdingpen command (written by holdingpen.install.write_launchers)
 import sys
-sys.path.insert(0, {libdir!r})
-from {module} import {function}
+{path_line}from {module} import {function}
 sys.exit({function}())
 '''
 
@@ -66,175 +47,150 @@ class InstallError(Exception):
 
 def entry_points(checkout):
     """The console commands pyproject.toml declares: {name: "module:function"}."""
-    with open(checkout / "pyproject.toml", "rb") as f:
+    with open(Path(checkout) / "pyproject.toml", "rb") as f:
         return tomllib.load(f)["project"]["scripts"]
 
 
-def write_launchers(bindir, libdir, python, scripts):
+def write_launchers(bindir, libdir=None, python=PYTHON, scripts=None):
     """Write one small launcher per command into bindir; return their paths.
 
-    Tests and benchmarks call this too, so that they run the very launchers
-    the installation uses.
+    Args:
+        libdir: a directory to put first on sys.path (tests run the checkout
+            this way); None for the package, which Python finds by itself.
+        scripts: {name: "module:function"}; pyproject.toml's in the working
+            directory when None (debian/rules calls it so).
     """
+    scripts = entry_points(Path.cwd()) if scripts is None else scripts
+    path_line = "" if libdir is None else f"sys.path.insert(0, {str(libdir)!r})\n"
     paths = []
     for name, target in sorted(scripts.items()):
         module, function = target.split(":")
         path = Path(bindir) / name
-        text = LAUNCHER.format(python=python, name=name, libdir=str(libdir),
-                               module=module, function=function)
-        _write_atomic(path, text.encode(), 0o755)
+        path.write_text(LAUNCHER.format(python=python, name=name, path_line=path_line,
+                                        module=module, function=function))
+        path.chmod(0o755)
         paths.append(path)
     return paths
 
 
-def _write_atomic(path, data, mode):
-    tmp = path.with_name(f".{path.name}.new")
-    tmp.write_bytes(data)
-    tmp.chmod(mode)
-    tmp.replace(path)
+def build_depends(control_text):
+    """The Build-Depends of a debian/control text, as one apt-get satisfy string."""
+    field, lines = None, []
+    for line in control_text.splitlines():
+        if line[:1] not in (" ", "\t"):
+            field, _, line = line.partition(":")
+        if field == "Build-Depends":
+            lines.append(line.strip())
+    return " ".join(lines).strip(" ,")
 
 
-def _missing_debian_packages(packages):
-    missing = []
-    for package in packages:
-        query = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package],
-                               capture_output=True, text=True)
-        if query.stdout.strip() != "install ok installed":
-            missing.append(package)
-    return missing
-
-
-def _ensure_debian_packages(packages):
-    missing = _missing_debian_packages(packages)
-    if not missing:
-        return
-    print(f"installing {' '.join(missing)} with apt-get", flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    done = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-                          env=env)
-    if done.returncode != 0:
-        raise InstallError(f"apt-get could not install {' '.join(missing)}; "
-                           "run 'apt-get update' and try again")
-
-
-def _ensure_accounts():
-    """The daemon's system user and the borrowers' group; kept by --uninstall, as
-    Debian keeps system users, since files and rules may still name them."""
-    if subprocess.run(["getent", "group", BORROWERS_GROUP], capture_output=True).returncode:
-        _run(["groupadd", "--system", BORROWERS_GROUP])
-    if subprocess.run(["getent", "passwd", SERVICE_USER], capture_output=True).returncode:
-        _run(["useradd", "--system", "--gid", "nogroup", "--no-create-home",
-              "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-              "--comment", "Holding Pen reservation daemon", SERVICE_USER])
-
-
-def _copy_package(checkout):
-    """Put the checkout's package in place as LIBDIR/current, byte-compiled.
-
-    Each install is a new release directory, and the symlink `current` is
-    swapped to it by rename(2), so a command starting during an update finds
-    the old release or the new one, never half of either. Compiled here
-    because users cannot write __pycache__ under /usr/local/lib: without it
-    every start would compile the modules again.
-    """
-    LIBDIR.mkdir(parents=True, exist_ok=True)
-    release = LIBDIR / f"release.{time.time_ns()}"
-    shutil.copytree(checkout / "holdingpen", release / "holdingpen",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    subprocess.run([PYTHON, "-m", "compileall", "-q", str(release)], check=True,
-                   stdout=subprocess.DEVNULL)
-    link = LIBDIR / ".current.new"
-    link.unlink(missing_ok=True)
-    link.symlink_to(release.name)
-    link.replace(CURRENT)
-    for old in LIBDIR.glob("release.*"):
-        if old != release:
-            shutil.rmtree(old)
-
-
-def _copy_system_files(checkout):
-    installed = []
-    for folder, pattern, destination in SYSTEM_FILES:
-        for source in sorted((checkout / folder).glob(pattern)):
-            destination.mkdir(parents=True, exist_ok=True)
-            target = destination / source.name
-            _write_atomic(target, source.read_bytes(), 0o644)
-            installed.append(target)
-    return installed
-
-
-def _systemd_running():
-    # sd_booted(): the test systemd itself uses.
-    return os.path.isdir("/run/systemd/system")
-
-
-def _run(argv):
+def _run(argv, fix=None, **kwargs):
     print("+ " + " ".join(argv), flush=True)
-    done = subprocess.run(argv)
+    done = subprocess.run(argv, env=ENV, **kwargs)
     if done.returncode != 0:
-        raise InstallError(f"'{' '.join(argv)}' failed with exit status {done.returncode}")
+        raise InstallError(f"'{' '.join(argv)}' failed with exit status {done.returncode}"
+                           + (f"; {fix}" if fix else ""))
+
+
+def _check_config(checkout):
+    """Refuse to go on with a bad configuration: the daemon would not start on it."""
+    # The checkout's own `holdingpen check`, run from the checkout (cwd), on
+    # the default file: unlike a --config PATH, that one may be absent.
+    done = subprocess.run([PYTHON, "-c", "import sys; from holdingpen.cli.holdingpen "
+                           "import run; sys.exit(run(sys.argv[1:]))", "check"],
+                          cwd=checkout, capture_output=True, text=True)
+    if done.returncode == exits.CONFIG:     # `holdingpen check`: the file is bad
+        raise InstallError(f"{(done.stderr or done.stdout).strip()}; nothing was installed "
+                           "or restarted: fix the file and run this again")
+
+
+def build(checkout, workdir):
+    """Build the package in a copy of the checkout in workdir; return the .deb's path.
+
+    Raises:
+        InstallError: the build failed.
+    """
+    source = workdir / "holdingpen"
+    shutil.copytree(checkout, source, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", "*.egg-info", "build", ".pytest_cache", ".hypothesis", ".venv"))
+    # No build-dependency check: install() has just satisfied them, and the check
+    # would also want build-essential, a C compiler this package never uses.
+    # Cleaned first (debian/rules clean), as the checkout may hold an earlier build.
+    _run(["dpkg-buildpackage", "--build=binary", "--no-sign", "--no-check-builddeps"],
+         cwd=source, stdout=subprocess.DEVNULL)
+    debs = sorted(workdir.glob("holdingpen_*_all.deb"))
+    if len(debs) != 1:
+        raise InstallError(f"the build left {len(debs)} packages, not one, in {workdir}")
+    return debs[0]
+
+
+def _leave_old_layout():
+    """Remove an installation by the old copier, keeping the daemon running.
+
+    The units are disabled (their links go; nothing stops) and the files
+    removed; the package's scripts then find the same unit names and the
+    running daemon, which install() restarts on the packaged code. The
+    polkit files stay: the package has them at the same paths.
+    """
+    manifest = OLD_LIBDIR / "MANIFEST"
+    if not manifest.exists():
+        return False
+    print(f"moving over from the old layout in {OLD_LIBDIR}", flush=True)
+    paths = [Path(line) for line in manifest.read_text().splitlines() if line]
+    units = [p.name for p in paths if p.suffix in (".socket", ".service")]
+    if units and os.path.isdir("/run/systemd/system"):
+        _run(["systemctl", "disable", *units])
+    for path in paths:
+        if not path.is_relative_to("/usr/share/polkit-1"):
+            path.unlink(missing_ok=True)
+    shutil.rmtree(OLD_LIBDIR)
+    return True
 
 
 def install(checkout):
-    if not (checkout / "pyproject.toml").is_file():
+    if not (checkout / "debian" / "control").is_file():
         raise InstallError(f"{checkout} is not a holdingpen checkout; run this from one")
-    _ensure_debian_packages(DEBIAN_PACKAGES)
-    _ensure_accounts()
-    _copy_package(checkout)
-    launchers = write_launchers(BINDIR, CURRENT, PYTHON, entry_points(checkout))
-    system_files = _copy_system_files(checkout)
-    _write_atomic(MANIFEST, "".join(f"{p}\n" for p in launchers + system_files).encode(), 0o644)
-
-    tmpfiles = [str(p) for p in system_files if p.suffix == ".conf"]
-    if tmpfiles:
-        _run(["systemd-tmpfiles", "--create", *tmpfiles])
-    if not _systemd_running():
-        print("systemd is not running here: files installed, no unit started")
+    _check_config(checkout)
+    _run(["apt-get", "satisfy", "-y", "-q", "--no-install-recommends",
+          f"dpkg-dev, {build_depends((checkout / 'debian' / 'control').read_text())}"],
+         fix=APT_FIX)
+    with tempfile.TemporaryDirectory(prefix="holdingpen-build.") as workdir:
+        deb = build(checkout, Path(workdir))
+        moved = _leave_old_layout()
+        _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "--reinstall",
+              "--allow-downgrades", *KEEP_CONFFILES, str(deb)], fix=APT_FIX)
+    if not os.path.isdir("/run/systemd/system"):
+        print("holdingpen is installed; systemd is not running here, so nothing was started")
         return
-    units = [p.name for p in system_files if p.suffix in UNIT_SUFFIXES]
-    if units:
-        services = [u for u in units if u.endswith(".service")]
-        running = [s for s in services
-                   if subprocess.run(["systemctl", "is-active", "--quiet", s]).returncode == 0]
-        _run(["systemctl", "daemon-reload"])
-        # A unit with no [Install] section (a timer's service) is started by its timer.
-        _run(["systemctl", "enable", "--now",
-              *[p.name for p in system_files if p.suffix in UNIT_SUFFIXES and "[Install]" in p.read_text()]])
-        if running:   # an update: the new code takes over the pool from the descriptor store
-            _run(["systemctl", "restart", *running])
-    print("holdingpen is installed")
-
-
-def uninstall():
-    if not MANIFEST.exists():
-        raise InstallError(f"{MANIFEST} not found: holdingpen is not installed")
-    paths = [Path(line) for line in MANIFEST.read_text().splitlines() if line]
-    units = [p.name for p in paths if p.suffix in UNIT_SUFFIXES]
-    if units and _systemd_running():
-        _run(["systemctl", "disable", "--now", *units])
-    for path in paths + METRICS_FILES:
-        path.unlink(missing_ok=True)
-    shutil.rmtree(LIBDIR)
-    if units and _systemd_running():
-        _run(["systemctl", "daemon-reload"])
-    # /run/perflock and /run/perflock.d stay until the next boot: a job may still hold them.
-    print("holdingpen is uninstalled")
+    if moved:
+        # A running old daemon: the package's scripts left it on the old code.
+        _run(["systemctl", "restart", "holdingpen.service"])
+    if subprocess.run(["systemctl", "is-active", "--quiet", "holdingpen.socket",
+                       "holdingpen.service"]).returncode != 0:
+        forbidden = (f" ({POLICY_RC_D} forbids packages to start services here)"
+                     if os.path.exists(POLICY_RC_D) else "")
+        raise InstallError(f"holdingpen is installed but not running{forbidden}: see 'systemctl "
+                           "status holdingpen.socket holdingpen.service' and 'journalctl -u holdingpen'")
+    print("holdingpen is installed and running")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv not in ([], ["--uninstall"]):
-        print("usage: python3 -m holdingpen.install [--uninstall]", file=sys.stderr)
+    if argv == ["--uninstall"]:
+        print("holdingpen.install: holdingpen is a Debian package now: remove it with "
+              "'apt remove holdingpen' (keeps /etc/holdingpen) or 'apt purge holdingpen'",
+              file=sys.stderr)
+        return 64
+    if argv:
+        print("usage: python3 -m holdingpen.install   (remove: apt remove holdingpen)",
+              file=sys.stderr)
         return 64
     if os.geteuid() != 0:
         print("holdingpen.install: must run as root: sudo python3 -m holdingpen.install",
               file=sys.stderr)
         return 77
     try:
-        if argv:
-            uninstall()
-        else:
-            install(Path(__file__).resolve().parent.parent)
+        install(Path(__file__).resolve().parent.parent)
     except InstallError as e:
         print(f"holdingpen.install: {e}", file=sys.stderr)
         return 1

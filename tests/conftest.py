@@ -15,7 +15,7 @@ from holdingpen import install  # noqa: E402  (needs the path above)
 
 @pytest.fixture(scope="session")
 def bindir():
-    """perflock, pls, wholock: launchers written exactly as the installer writes them.
+    """The commands: launchers as the package installs them, with the checkout first on sys.path.
 
     World-readable, so that tests can run them as other users too.
     """

@@ -62,6 +62,9 @@ mount -t tmpfs tmpfs "$base"
 mkdir "$base/upper" "$base/work" "$base/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$base/root"
 for unit in $MASKED_UNITS; do ln -sf /dev/null "$base/root/etc/systemd/system/$unit"; done
+# The host is an image-building one: its policy-rc.d forbids packages' scripts
+# to start services, which a booted machine lets them do.
+rm -f "$base/root/usr/sbin/policy-rc.d"
 set +e
 # The mounts live as long as this namespace, so the shell stays, and boots the
 # machine again each time nspawn exits with 133 ("the container asked to reboot").

@@ -43,8 +43,8 @@ import pytest
 
 from holdingpen.pen import headroom
 
-from conftest import (BORROWERS, CHECKOUT, SRC_IN_CONTAINER, USERS, platform_problem,
-                      readme_install_command)
+from conftest import (BORROWERS, CHECKOUT, SRC_IN_CONTAINER, USERS, install_from_readme,
+                      platform_problem, remove_config)
 from nspawn import MEMORY_CGROUP_ROOT, Container, sweep_stale
 from daemonctl import SERVICE, SETTLE_S, SOCKET, borrowing, counts, events, journal, journal_mark, show, wait_for
 
@@ -398,8 +398,8 @@ def chaos_ct():
     sweep_stale()
     with Container(f"pk{os.getpid()}", binds=[f"{CHECKOUT}:{SRC_IN_CONTAINER}"],
                    memory_cgroup=True) as c:
-        c.run(["sh", "-c", f"cd {SRC_IN_CONTAINER} && "
-                           f"{readme_install_command(CHECKOUT / 'README.md')}"])
+        install_from_readme(c)
+        remove_config(c)
         for name, uid in USERS.items():
             groups = ["-G", "holdingpen"] if name in BORROWERS else []
             c.run(["useradd", "-m", "-u", str(uid), *groups, name])

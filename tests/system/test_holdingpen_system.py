@@ -26,7 +26,7 @@ import pytest
 from conftest import USERS
 from daemonctl import SERVICE, SOCKET, borrowing, counts, events, journal, journal_mark, show, wait_for
 
-UNIT_DIR = "/usr/local/lib/systemd/system"
+UNIT_DIR = "/lib/systemd/system"
 CONFIG_DIR = "/etc/holdingpen"
 CONFIG_PATH = f"{CONFIG_DIR}/holdingpen.toml"
 MIB = 1 << 20

@@ -17,8 +17,8 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from conftest import CONFIG_DIR, install_from_readme, remove_config
 from daemonctl import borrowing, wait_for
-from test_install_system import install
 from test_perflock_system import holding
 
 from holdingpen.common.openmetrics import write_textfile
@@ -88,8 +88,8 @@ def test_timer_is_installed_enabled_and_runs_the_service(ct):
     timers = ct.run(["systemctl", "show", METRICS_TIMER, "-pTimersMonotonic", "-pAccuracyUSec"]).stdout
     assert "OnUnitActiveUSec=15s" in timers and "AccuracyUSec=1s" in timers
     # systemd-analyze verify exits 0 on unknown keys: stderr is the verdict.
-    done = ct.run(["systemd-analyze", "verify", f"/usr/local/lib/systemd/system/{METRICS_TIMER}",
-                   f"/usr/local/lib/systemd/system/{METRICS_SERVICE}"], check=False)
+    done = ct.run(["systemd-analyze", "verify", f"/lib/systemd/system/{METRICS_TIMER}",
+                   f"/lib/systemd/system/{METRICS_SERVICE}"], check=False)
     assert (done.returncode, done.stderr) == (0, "")
     exposure = ct.run(["systemd-analyze", "security", "--threshold=12", METRICS_SERVICE], check=False)
     assert exposure.returncode == 0, exposure.stdout[-300:]
@@ -195,14 +195,16 @@ def test_node_exporter_types_the_pools_counters_in_the_textfile_spelling(ct, exp
     assert got["node_textfile_scrape_error"].samples[0].value == 0
 
 
-def test_uninstall_stops_the_timer_and_removes_the_file(ct):
+def test_removing_the_package_stops_the_timer_and_removes_the_file(ct):
     ct.run(["systemctl", "start", METRICS_SERVICE])
     assert ct.path(LOCK_FILE).exists()
     try:
-        install(ct, "--uninstall")
+        ct.run(["apt-get", "remove", "-y", "-q", "holdingpen"], timeout_s=300)
         assert not ct.path(LOCK_FILE).exists()    # node_exporter would serve it, stale, forever
         state = ct.run(["systemctl", "is-active", METRICS_TIMER], check=False).stdout.strip()
         assert state in ("inactive", "unknown")   # 252 says "inactive" of a unit that is gone
     finally:
-        install(ct)
+        install_from_readme(ct)
+        if ct.path(CONFIG_DIR).exists():
+            remove_config(ct)
     assert ct.run(["systemctl", "is-active", METRICS_TIMER]).stdout.strip() == "active"

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 HOLD = ["sh", "-c", "echo holding; read _; exit 3"]
 QUEUE_DIR = "/run/perflock.d"
 LOCK = "/run/perflock"
-INSTALLED_TMPFILES = "/usr/local/lib/tmpfiles.d/perflock.conf"
+INSTALLED_TMPFILES = "/usr/lib/tmpfiles.d/perflock.conf"
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from nspawn import Container
 from daemonctl import SERVICE, SOCKET, journal, journal_mark, show, wait_for
 
 POLKIT = "polkit.service"           # Debian 12: static, D-Bus activated (SystemdService=)
-UNIT_DIR = "/usr/local/lib/systemd/system"
+UNIT_DIR = "/lib/systemd/system"
 CONFIG_DIR = "/etc/holdingpen"
 CONFIG_PATH = f"{CONFIG_DIR}/holdingpen.toml"
 DEFAULT_STATUS_TEXT = "memory 1/1 held (256 MiB)"   # no config file

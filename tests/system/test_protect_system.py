@@ -15,7 +15,7 @@ import pytest
 from daemonctl import wait_for
 
 MIB = 1 << 20
-INSTALLED = "/usr/local/lib/holdingpen/current"
+INSTALLED = "/usr/lib/python3/dist-packages"   # where the package puts holdingpen
 STATE_PATH = "/run/holdingpen/protection.json"
 # Reconcile the borrowers given on stdin, as the daemon would on a worker thread;
 # a fresh process each time, like a daemon after a restart: it knows only the
@@ -172,7 +172,7 @@ def test_the_daemons_sandbox_lets_it_protect(ct, session):
     # holdingpen.service as installed, hardening and all, running RECONCILE once
     # instead of the daemon: what the daemon will do, with what the daemon may do.
     pid, scope = session
-    service = ct.path("/usr/local/lib/systemd/system/holdingpen.service").read_text()
+    service = ct.path("/lib/systemd/system/holdingpen.service").read_text()
     lines = [line for line in service.splitlines()
              if not line.startswith(("Type=", "ExecStart=", "ExecReload=", "WatchdogSec=",
                                      "Requires=", "After=", "NotifyAccess=", "Restart="))]
