@@ -46,7 +46,7 @@ SIZE = 8 * MiB
 MEMORY_COUNT, DISK_COUNT = 4, 2
 
 KNOWN_CODES = {protocol.BAD_REQUEST, protocol.TOO_LONG, protocol.UNKNOWN_KIND,
-               protocol.POOL_EMPTY, protocol.NOT_AUTHORIZED, protocol.ALREADY_BORROWING,
+               protocol.POOL_EMPTY, protocol.NOT_AUTHORIZED,
                protocol.TIMEOUT, protocol.BUSY, protocol.LIMITED}
 
 READ, SHUT, CLOSE = "read", "half-close", "hang-up"    # how a client ends
