@@ -232,8 +232,9 @@ class Policy:
                     config.PoolSpec(spec.kind, spec.size_bytes, 0, spec.path))]
                 self.retiring.add(name)
                 self._forget_if_retired(name)
-        for name, spec in wanted.items():
-            self.pools.setdefault(name, Pool(spec))
+        # In the configuration's order ("disk" is its first disk pool), retiring ones last.
+        self.pools = {**{name: self.pools.get(name) or Pool(spec) for name, spec in wanted.items()},
+                      **{name: pool for name, pool in self.pools.items() if name not in wanted}}
         self.retry_at.clear()
         return released
 
