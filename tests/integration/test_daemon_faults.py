@@ -13,7 +13,7 @@ import time
 
 
 from lockjobs import wait_until
-from pen import MiB, Notifications, connect, read_line
+from pen import MiB, Notifications, Pen, connect, read_line, write_config
 from holdingpen.pen import protocol
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -154,3 +154,48 @@ def test_a_client_that_hangs_up_while_checked_keeps_its_pidfd_until_answered(sha
         assert open(report).read() == "anon_inode:[pidfd]"
     finally:
         stop(proc, notify, log)
+
+
+# ---- F8: memory lent as a descriptor stays locked while the loan lasts ----
+
+def locked_bytes(pid):
+    """VmLck of pid: what it has locked in memory."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmLck:"))
+
+
+def memfd_locked_bytes(pid):
+    """The Locked: of pid's mappings of the pool's memfds, from smaps."""
+    total, in_memfd = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                in_memfd = "/memfd:holdingpen-memory" in line
+            elif in_memfd and line.startswith("Locked:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_memory_lent_as_a_descriptor_stays_locked_until_it_returns(bindir, shared_tmp):
+    # Where there is swap the pool is locked; the loan must be too, or reclaim swaps
+    # the borrower's pages out. This host may have no swap: the seam locks anyway.
+    env = dict(os.environ, HOLDINGPEN_LOCK_MEMORY="1")
+    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", memory_count=2, size="16M"),
+            env=env)
+    try:
+        p.wait_full()
+        assert memfd_locked_bytes(p.pid) == locked_bytes(p.pid) == 32 * MiB
+        job = subprocess.Popen(["gatekeeper", "--fd", "sh", "-c", "echo holding; read _; exit 0"],
+                               env=p.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert job.stdout.readline() == "holding\n"
+        assert (p.pool()["held"], p.pool()["lent"]) == (1, 1)
+        assert memfd_locked_bytes(p.pid) == locked_bytes(p.pid) == 32 * MiB   # held and lent
+        job.stdin.close()
+        assert job.wait(30) == 0
+        job.stdout.close()
+        p.wait_full()
+        time.sleep(0.2)
+        assert memfd_locked_bytes(p.pid) == locked_bytes(p.pid) == 32 * MiB   # both held: no
+        # lock of the returned loan is left over
+    finally:
+        assert p.stop() == 0
