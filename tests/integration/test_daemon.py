@@ -13,16 +13,7 @@ from pen import CHUNK, MiB, Pen, available_bytes, connect, meminfo, read_line, w
 from lockjobs import wait_until
 
 
-@pytest.fixture
-def pen(bindir, shared_tmp):
-    disk = shared_tmp / "disk"
-    disk.mkdir()
-    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", disk_dir=disk))
-    p.disk = disk
-    p.wait_full()
-    p.wait_full(f"disk:{disk}")
-    yield p
-    assert p.stop() == 0
+PEN_CONFIG = {"disk": True}
 
 
 def hold(pen, *gatekeeper_args):

@@ -5,6 +5,7 @@ is started from a short script (SCRIPT) that builds it as `holdingpen serve`
 does, on its own socket, with a real NOTIFY_SOCKET.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import textwrap
 import time
 
 
-from lockjobs import wait_until
-from pen import MiB, Notifications, Pen, connect, read_line, write_config
+from helpers import read_reply, wait_until
+from pen import MiB, Notifications, Pen, connect, write_config
 from holdingpen.pen import protocol
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,11 +83,6 @@ def stop(proc, notify, log):
     return code, text
 
 
-def read_reply(sock):
-    import json
-    return json.loads(read_line(sock))
-
-
 # ---- F1: a worker thread that fails ----
 
 def test_a_missing_jeepney_does_not_stop_the_borrows(shared_tmp):
@@ -100,7 +96,7 @@ def test_a_missing_jeepney_does_not_stop_the_borrows(shared_tmp):
         with connect(socket_path) as s:      # root: allowed without asking polkit
             s.settimeout(10)
             s.sendall(protocol.encode_request(protocol.Request(protocol.BORROW, "memory")))
-            reply = read_reply(s)
+            reply = json.loads(read_reply(s))
         assert reply == {"ok": True, "action": "borrow", "kind": "memory", "size": 4 * MiB,
                          "fd": False}
     finally:

@@ -5,15 +5,7 @@ import subprocess
 
 import pytest
 
-from pen import Pen, write_config
-
-
-@pytest.fixture
-def pen(bindir, shared_tmp):
-    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", memory_count=1))
-    p.wait_full()
-    yield p
-    assert p.stop() == 0
+PEN_CONFIG = {"memory_count": 1}
 
 
 def test_gatekeeper_becomes_cmd(pen):
