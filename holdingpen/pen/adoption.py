@@ -29,7 +29,7 @@ def adopt(daemon):
             chunk = _chunk(fd, daemon.policy.pools[pool_name].spec, daemon.lock_memory)
             if chunk is not None:
                 chunk.store_name = name
-                daemon._release(daemon.policy.adopt_chunk(pool_name, chunk, chunk.size_bytes))
+                daemon.stock.release(daemon.policy.adopt_chunk(pool_name, chunk, chunk.size_bytes))
                 chunks_n += 1
                 continue
             fd = None              # closed by _chunk
@@ -75,7 +75,7 @@ def _loan(daemon, name, fd, pool_name, facts):
                 facts.get("since", time.time()), daemon.policy.pools[pool_name].spec.size_bytes,
                 facts.get("handed_fd", False))
     loan_id, released = daemon.policy.adopt_loan(pool_name, loan)
-    daemon._release(released)
+    daemon.stock.release(released)
     conn = Conn(sock, peer, None)
     conn.loan = (loan_id, name)
     daemon.conns[sock.fileno()] = conn

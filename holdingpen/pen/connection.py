@@ -6,6 +6,7 @@ send left over follows without them. send_fds is passed in, so that a test
 can make a send partial, which a real socket does only when it is nearly full.
 """
 
+import os
 import socket
 
 from holdingpen.pen import protocol
@@ -35,6 +36,30 @@ class Conn:
         self.counted = False         # in the per-user connection count
         self.checking = False        # its borrow is with authorize() on the asker thread
         self.closed = False
+
+    def receive(self):
+        """Read what the client sent.
+
+        Returns:
+            its request line once whole; None until then, and for anything it says after.
+        Raises:
+            EOFError: it hung up, or the connection failed.
+            protocol.BadRequest: a line too long.
+        """
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, protocol.MAX_LINE_BYTES + 1, 16)
+        except BlockingIOError:
+            return None
+        except OSError:
+            raise EOFError from None
+        for fd in fds:             # descriptors a client sends are never ours to keep
+            os.close(fd)
+        if not data:
+            raise EOFError
+        if self.loan is not None or self.close_when_sent or self.checking:
+            return None            # talk after the request changes nothing
+        self.reader.feed(data)
+        return self.reader.next_line()
 
     def queue(self, data, fds=()):
         """Queue data to send; fds go with its first byte (queue them on an empty outbox)."""

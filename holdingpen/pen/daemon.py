@@ -26,16 +26,19 @@ import signal
 import socket
 import time
 
-from holdingpen.pen import adoption, chunks, config, headroom, protocol, workers
+from holdingpen.pen import adoption, config, headroom, protocol, workers
 from holdingpen.pen.connection import Conn
+from holdingpen.pen.listener import bind
+from holdingpen.pen.lending import Lending
+from holdingpen.pen.notifier import Notifier
 from holdingpen.pen.peer import allow_connected, peer_of
 from holdingpen.pen.policy import Policy, Refused, RefusalNotes
-from holdingpen.pen.pool import Loan
 from holdingpen.pen.ratelimit import Limits
-from holdingpen.pen.sizes import format_size
+from holdingpen.pen.stock import Stock
+
+__all__ = ["Daemon", "bind"]     # bind: `holdingpen serve` listens with daemon.bind
 
 MAX_CONNECTIONS = 4096        # beyond this a client is told "busy" at once
-FILL_RATE_FLOOR_BPS = 256 << 20   # slowest fill we plan for, to ask systemd for more start time
 COMMAND_REFRESH_S = 2.0       # how often loans' commands are read again from /proc
 LOCK_MEMORY_ENV = "HOLDINGPEN_LOCK_MEMORY"   # "1": lock the pool even without swap (tests)
 
@@ -73,12 +76,10 @@ class Daemon:
                             or headroom.has_swap(headroom.read_meminfo(proc)))
         self.sel = selectors.DefaultSelector()
         self.workers = workers.Workers(authorize, self.lock_memory)
-        self.status_text = None
-        watchdog_usec = environ.get("WATCHDOG_USEC")
-        self.watchdog_s = (int(watchdog_usec) / 2e6 if watchdog_usec and
-                           environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid())
-                           else None)
-        self.watchdog_at = self.commands_at = 0.0
+        self.stock = Stock(self.policy, store, events, notify, self.workers, proc)
+        self.notifier = Notifier(notify, environ)
+        self.lending = Lending(self.policy, store, events, self.stock, proc)
+        self.commands_at = 0.0
 
     # ---- the loop ----
 
@@ -98,9 +99,10 @@ class Daemon:
                 self.reload_wanted = False
                 self._reload()
             self._expire(now)
-            self._reserve_next(now)
+            self.stock.reserve_next(now)
             self._refresh_commands(now)
-            self._tell_systemd(now)
+            if not self.notifier.tell(now, self.policy, self.workers.failed_for_good()):
+                break             # run by hand, a worker died: exit, and say why
             for key, mask in self.sel.select(self._timeout_s(now)):
                 key.data(key.fileobj, mask)
         self.notify("STOPPING=1")
@@ -112,9 +114,7 @@ class Daemon:
 
     def _timeout_s(self, now):
         times = [c.deadline for c in self.conns.values() if c.deadline is not None]
-        times += [t for t in [self.policy.next_retry_at()] if t is not None]
-        if self.watchdog_s:
-            times.append(self.watchdog_at)
+        times += [t for t in (self.policy.next_retry_at(), self.notifier.next_at()) if t is not None]
         if self.policy.loan_pools:
             times.append(self.commands_at)
         return max(0.0, min(times) - now) if times else None
@@ -128,7 +128,7 @@ class Daemon:
     def _woken(self, fd, mask):
         for what, *result in self.workers.results():
             if what == "reserved":
-                self._reservation_done(*result)
+                self.stock.reservation_done(*result)
             elif what == "authorized":
                 self._authorized(*result)
             else:                      # "failed": a worker's own trouble, told once
@@ -172,24 +172,13 @@ class Daemon:
         if not mask & selectors.EVENT_READ or conn.closed:
             return
         try:
-            data, fds, _, _ = socket.recv_fds(sock, protocol.MAX_LINE_BYTES + 1, 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            return self._close(conn)
-        for fd in fds:             # descriptors a client sends are never ours to keep
-            os.close(fd)
-        if not data:
-            return self._close(conn)
-        if conn.loan is not None or conn.close_when_sent or conn.checking:
-            return                 # talk after the request changes nothing
-        conn.reader.feed(data)
-        try:
-            line = conn.reader.next_line()
+            line = conn.receive()
             if line is None:
                 return
             conn.deadline = None
             request = protocol.decode_request(line)
+        except EOFError:
+            return self._close(conn)
         except protocol.BadRequest as e:
             if e.code != protocol.TOO_LONG:
                 self.events("bad-client", f"bad request from {conn.peer.user} "
@@ -225,44 +214,16 @@ class Daemon:
         self._lend(conn, pool_name, request)
 
     def _lend(self, conn, pool_name, request):
-        peer = conn.peer
-        loan = Loan(peer.uid, peer.user, peer.pid, peer.comm, time.time(), handed_fd=request.fd)
         try:
-            loan_id, chunk = self.policy.lend(pool_name, loan)
+            reply, fds = self.lending.lend(conn, pool_name, request)
         except Refused as e:
             return self._fail(conn, e.code, e.message)
-        self.store.remove(chunk.store_name)
-        # The loan is the connection's, in systemd's store too, before the client hears
-        # of it, and marked answered once it has: a daemon killed in between leaves
-        # neither a borrower it forgot nor one left waiting, as the next one answers
-        # what is unanswered (adoption.py). A hand-off that fails returns the chunk.
-        store_name = self.store.new_name("loan")
-        conn.loan, conn.answered = (loan_id, store_name), False
-        self.store.add(store_name, conn.sock.fileno(),
-                       {"pool": pool_name, **loan.as_dict(), "answered": False})
-        reply = protocol.borrow_reply(pool_name, chunk.size_bytes, request.fd)
-        if request.fd:
-            conn.chunk = chunk     # until it is handed over, and while locked, for the loan
-            return self._send(conn, reply, [chunk.fd])    # journalled once handed over
-        chunk.close()              # the memory is free before the client hears so
-        self._journal_lent(conn, loan_id)
-        self._send(conn, reply)
-
-    def _journal_lent(self, conn, loan_id):
-        pool_name = self.policy.pool_name_of(loan_id)
-        loan, peer = self.policy.pools[pool_name].loan(loan_id), conn.peer
-        self.events("lent", f"lent {format_size(loan.size_bytes)} of {pool_name} to "
-                    f"{peer.user} ({peer.comm}, pid {peer.pid})"
-                    + (", as a descriptor" if loan.handed_fd else ""),
-                    kind=pool_name, size_bytes=loan.size_bytes, peer=peer)
+        self._send(conn, reply, fds)
 
     def _note_limited(self, peer, message, kind=None):
-        unsaid = self.notes.note(peer.uid, time.monotonic())
-        if unsaid is None:
-            return
-        if unsaid:
-            message += f" ({unsaid} more such refusals in the last {self.notes.quiet_s:g} s)"
-        self.events("refused", message, kind=kind, peer=peer)
+        message = self.notes.note(peer.uid, time.monotonic(), message)
+        if message is not None:    # once in a while, with a count: a flood floods no journal
+            self.events("refused", message, kind=kind, peer=peer)
 
     def _fail(self, conn, code, message):
         conn.close_when_sent = True
@@ -277,12 +238,7 @@ class Daemon:
             done = conn.flush(self.send_fds)
         except OSError:
             done = None            # gone; but what went before the error is the client's
-        if conn.loan is not None and not conn.answered and not conn.fds_pending():
-            conn.answered = True   # the reply is out, or all but what the socket holds back
-            self.store.update(conn.loan[1], answered=True)
-            if conn.chunk is not None:           # handed over as a descriptor
-                self._journal_lent(conn, conn.loan[0])
-                conn.chunk.keep_mapping_only()   # the client's copy is the one it uses
+        self.lending.answered(conn)
         if done is None:
             return self._close(conn)
         if not done:
@@ -304,20 +260,7 @@ class Daemon:
             conn.peer.close()
         if conn.counted:
             self.per_user.disconnect(conn.peer.uid)
-        if conn.loan is None:
-            return
-        loan_id, store_name = conn.loan
-        self.store.remove(store_name)
-        if conn.fds_pending():     # it went away mid hand-off: the chunk is still ours
-            pool_name = self.policy.pool_name_of(loan_id)
-            self.policy.undo_lend(loan_id, conn.chunk)
-            return self._store_chunk(pool_name, conn.chunk)
-        name, loan = self.policy.returned(loan_id)
-        if conn.chunk is not None:
-            conn.chunk.close()
-        self.events("returned", f"{loan.user} ({loan.command}) returned "
-                    f"{format_size(loan.size_bytes)} of {name}", kind=name,
-                    size_bytes=loan.size_bytes, peer=conn.peer)
+        self.lending.ended(conn)
 
     def _expire(self, now):
         for conn in list(self.conns.values()):
@@ -326,74 +269,12 @@ class Daemon:
                 self._fail(conn, protocol.TIMEOUT, "no request within "
                            f"{self.limits['request_timeout_s']:g} s of connecting")
 
-    # ---- reservations ----
-
-    def _reserve_next(self, now):
-        spec = self.policy.next_reservation(now)
-        if spec is None:
-            return
-        if spec.kind == chunks.MEMORY:
-            problem = headroom.memory_shortfall(headroom.read_meminfo(self.proc), spec.size_bytes)
-            if problem:
-                return self._reservation_done(spec.name, None, problem)
-        if not self.policy.ready:   # a large pool takes a while to fill: ask systemd to wait
-            usec = int((spec.size_bytes / FILL_RATE_FLOOR_BPS + 10) * 1e6)
-            self.notify(f"EXTEND_TIMEOUT_USEC={usec}")
-        self.workers.reserve(spec)
-
-    def _reservation_done(self, name, chunk, problem):
-        if chunk is None:
-            delay_s = self.policy.failed(name, problem, time.monotonic())
-            return self.events("shortfall", f"{name}: {problem}; trying again in {delay_s:.0f} s",
-                               kind=name, size_bytes=self.policy.pools[name].spec.size_bytes)
-        released = self.policy.reserved(name, chunk, chunk.size_bytes)
-        self._release(released)
-        if chunk not in [c for _, c in released]:
-            self._store_chunk(name, chunk)
-            self.events("reserved", f"reserved {format_size(chunk.size_bytes)} of {name}",
-                        kind=name, size_bytes=chunk.size_bytes)
-
-    def _store_chunk(self, pool_name, chunk):
-        chunk.store_name = self.store.new_name("chunk")
-        self.store.add(chunk.store_name, chunk.fd, {"pool": pool_name})
-
-    def _release(self, released):
-        for pool_name, chunk in released:
-            if chunk.store_name:
-                self.store.remove(chunk.store_name)
-            chunk.close()
-            self.events("released", f"released {format_size(chunk.size_bytes)} of {pool_name}",
-                        kind=pool_name, size_bytes=chunk.size_bytes)
-
-    # ---- systemd ----
+    # ---- what changes of itself ----
 
     def _refresh_commands(self, now):
-        """Loans show the borrower's command as it is now: gatekeeper has become CMD."""
-        if now < self.commands_at:
-            return
-        self.commands_at = now + COMMAND_REFRESH_S
-        for loan_id, _, loan in self.policy.loans():
-            try:
-                with open(f"{self.proc}/{loan.pid}/comm", errors="replace") as f:
-                    self.policy.set_command(loan_id, f.read().strip())
-            except OSError:
-                pass              # gone: its connection's close will tell us soon
-
-    def _tell_systemd(self, now):
-        if self.policy.became_ready():
-            self.notify("READY=1")
-        text = self.policy.status_line()
-        if text != self.status_text:
-            self.status_text = text
-            self.notify(f"STATUS={text}")
-        if self.watchdog_s and now >= self.watchdog_at:
-            # A worker thread that died leaves borrows or refills waiting for ever:
-            # no more WATCHDOG=1, so systemd restarts us (the store keeps the loans).
-            if not self.workers.failed_for_good():
-                self.notify("WATCHDOG=1")
-            self.watchdog_at = now + self.watchdog_s
-        elif not self.watchdog_s and self.workers.failed_for_good():
-            self.stopping = True      # run by hand: no watchdog to stop; exit, and say why
+        if now >= self.commands_at:
+            self.commands_at = now + COMMAND_REFRESH_S
+            self.lending.refresh_commands()
 
     def _reload(self):
         self.notify("RELOADING=1")
@@ -409,29 +290,8 @@ class Daemon:
         self.per_user.burst = cfg.limits["borrow_burst"]
         if hasattr(self.authorize, "configure"):
             self.authorize.configure(cfg.authorize["users"], cfg.authorize["groups"], cfg.source)
-        self._release(self.policy.reconfigure(cfg.pools))
+        self.stock.release(self.policy.reconfigure(cfg.pools))
         self.events("reloaded", f"configuration reloaded from {cfg.source}: "
                     f"{', '.join(self.policy.names())}")
         self.notify("READY=1")
 
-
-def bind(path):
-    """Listen on path ourselves (run by hand, or --socket).
-
-    Raises:
-        OSError: path is taken by a live daemon, or cannot be bound.
-    """
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        probe.connect(path)
-        raise OSError(errno.EADDRINUSE, f"another daemon is listening on {path}")
-    except (FileNotFoundError, ConnectionRefusedError):
-        if os.path.lexists(path):
-            os.unlink(path)      # a socket file left by a daemon that died
-    finally:
-        probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.bind(path)
-    os.chmod(path, 0o666)        # as SocketMode= in holdingpen.socket: the mode decides who may ask
-    sock.listen(1024)
-    return sock

@@ -274,12 +274,14 @@ class RefusalNotes:
         self.quiet_s = quiet_s
         self.notes = {}           # uid -> (quiet until, refusals not journalled)
 
-    def note(self, uid, now):
-        """None: say nothing now. Otherwise the number of refusals not said since
-        the last note (0 or more): journal this one, with that count."""
+    def note(self, uid, now, message):
+        """message to journal now, with a count of the refusals not journalled since
+        the last; or None: say nothing now."""
         until, unsaid = self.notes.get(uid, (0.0, 0))
         if now < until:
             self.notes[uid] = (until, unsaid + 1)
             return None
         self.notes[uid] = (now + self.quiet_s, 0)
-        return unsaid
+        if unsaid:
+            message += f" ({unsaid} more such refusals in the last {self.quiet_s:g} s)"
+        return message

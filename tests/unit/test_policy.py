@@ -268,21 +268,22 @@ def test_set_command_is_what_status_shows():
 
 
 NOTES = [
-    # (times at which uid 1000 is refused, what note() says each time)
-    ([0.0], [0]),
-    ([0.0, 1.0, 2.0], [0, None, None]),
-    ([0.0, 1.0, 2.0, 10.0], [0, None, None, 2]),     # the next note counts the unsaid
-    ([0.0, 10.0, 20.0], [0, 0, 0]),
-    ([0.0, 9.999], [0, None]),
+    # (times at which uid 1000 is refused, what note() says to journal each time)
+    ([0.0], ["m"]),
+    ([0.0, 1.0, 2.0], ["m", None, None]),
+    ([0.0, 1.0, 2.0, 10.0], ["m", None, None, "m (2 more such refusals in the last 10 s)"]),
+    ([0.0, 10.0, 20.0], ["m", "m", "m"]),
+    ([0.0, 9.999], ["m", None]),
 ]
 
 
 @pytest.mark.parametrize("times, said", NOTES)
 def test_refusal_notes(times, said):
     notes = RefusalNotes(quiet_s=10.0)
-    assert [notes.note(1000, t) for t in times] == said
+    assert [notes.note(1000, t, "m") for t in times] == said
 
 
 def test_refusal_notes_are_per_user():
     notes = RefusalNotes(quiet_s=10.0)
-    assert [notes.note(1000, 0.0), notes.note(1001, 0.5), notes.note(1000, 1.0)] == [0, 0, None]
+    assert [notes.note(1000, 0.0, "a"), notes.note(1001, 0.5, "b"), notes.note(1000, 1.0, "c")] \
+        == ["a", "b", None]
