@@ -23,10 +23,10 @@ def adopt(daemon):
     unanswered = []
     for name, fd, facts in daemon.store.passed:
         pool_name = (facts or {}).get("pool")
-        if pool_name not in daemon.policy.pools:
+        if pool_name not in daemon.policy.names():
             pass
         elif name.startswith("chunk."):
-            chunk = _chunk(fd, daemon.policy.pools[pool_name].spec, daemon.lock_memory)
+            chunk = _chunk(fd, daemon.policy.spec(pool_name), daemon.lock_memory)
             if chunk is not None:
                 chunk.store_name = name
                 daemon.stock.release(daemon.policy.adopt_chunk(pool_name, chunk, chunk.size_bytes))
@@ -72,7 +72,7 @@ def _loan(daemon, name, fd, pool_name, facts):
     sock.setblocking(False)
     peer = peer_of(sock, daemon.proc)
     loan = Loan(peer.uid, peer.user, peer.pid, facts.get("command", peer.comm),
-                facts.get("since", time.time()), daemon.policy.pools[pool_name].spec.size_bytes,
+                facts.get("since", time.time()), daemon.policy.spec(pool_name).size_bytes,
                 facts.get("handed_fd", False))
     loan_id, released = daemon.policy.adopt_loan(pool_name, loan)
     daemon.stock.release(released)
@@ -91,8 +91,7 @@ def _answer(daemon, conn):
     it keeps it, and the loan too). A client answered just before the kill gets
     this second line unread, after the first."""
     loan_id, store_name = conn.loan
-    pool_name = daemon.policy.pool_name_of(loan_id)
-    loan = daemon.policy.pools[pool_name].loan(loan_id)
+    pool_name, loan = daemon.policy.pool_name_of(loan_id), daemon.policy.loan(loan_id)
     if loan.handed_fd:
         data = protocol.error_reply(protocol.BUSY, "the daemon restarted while handing "
                                     "the reservation over; ask again")

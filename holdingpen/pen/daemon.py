@@ -115,7 +115,7 @@ class Daemon:
     def _timeout_s(self, now):
         times = [c.deadline for c in self.conns.values() if c.deadline is not None]
         times += [t for t in (self.policy.next_retry_at(), self.notifier.next_at()) if t is not None]
-        if self.policy.loan_pools:
+        if self.policy.has_loans():
             times.append(self.commands_at)
         return max(0.0, min(times) - now) if times else None
 

@@ -82,7 +82,7 @@ class Lending:
 
     def _journal_lent(self, conn):
         pool_name = self.policy.pool_name_of(conn.loan[0])
-        loan, peer = self.policy.pools[pool_name].loan(conn.loan[0]), conn.peer
+        loan, peer = self.policy.loan(conn.loan[0]), conn.peer
         self.events("lent", f"lent {format_size(loan.size_bytes)} of {pool_name} to "
                     f"{peer.user} ({peer.comm}, pid {peer.pid})"
                     + (", as a descriptor" if loan.handed_fd else ""),

@@ -143,6 +143,13 @@ class Policy:
     def pool_name_of(self, loan_id):
         return self._pool_of(loan_id).name
 
+    def loan(self, loan_id):
+        """The Loan of loan_id."""
+        return self._pool_of(loan_id).loan(loan_id)
+
+    def has_loans(self):
+        return bool(self.loan_pools)
+
     def _pool_of(self, loan_id):
         if loan_id not in self.loan_pools:
             raise IllegalTransition(f"no loan {loan_id}")
@@ -263,6 +270,10 @@ class Policy:
 
     def names(self):
         return list(self.pools)
+
+    def spec(self, pool_name):
+        """The config.PoolSpec of pool_name (KeyError if there is none)."""
+        return self.pools[pool_name].spec
 
 
 class RefusalNotes:

@@ -41,7 +41,7 @@ class Stock:
         if chunk is None:
             delay_s = self.policy.failed(name, problem, time.monotonic())
             return self.events("shortfall", f"{name}: {problem}; trying again in {delay_s:.0f} s",
-                               kind=name, size_bytes=self.policy.pools[name].spec.size_bytes)
+                               kind=name, size_bytes=self.policy.spec(name).size_bytes)
         released = self.policy.reserved(name, chunk, chunk.size_bytes)
         self.release(released)
         if chunk not in [c for _, c in released]:
