@@ -14,6 +14,7 @@ import time
 from holdingpen.pen import chunks, protocol
 from holdingpen.pen.connection import Conn
 from holdingpen.pen.peer import peer_of
+from holdingpen.pen.policy import counted
 from holdingpen.pen.pool import Loan
 
 
@@ -44,9 +45,9 @@ def adopt(daemon):
             os.close(fd)
         dropped += 1
     if chunks_n or loans_n or dropped:
-        daemon.events("adopted", f"kept across the restart: {chunks_n} reservations, "
-                      f"{loans_n} loans; dropped {dropped} that no longer fit"
-                      + (f"; answering {len(unanswered)} borrowers the last run did not"
+        daemon.events("adopted", f"kept across the restart: {counted(chunks_n, 'reservation')}, "
+                      f"{counted(loans_n, 'loan')}; dropped {dropped} that no longer fit"
+                      + (f"; answering {counted(len(unanswered), 'borrower')} the last run did not"
                          if unanswered else ""),
                       chunks=chunks_n, loans=loans_n, unanswered=len(unanswered))
     for conn in unanswered:

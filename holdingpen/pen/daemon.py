@@ -106,8 +106,8 @@ class Daemon:
             for key, mask in self.sel.select(self._timeout_s(now)):
                 key.data(key.fileobj, mask)
         self.notify("STOPPING=1")
-        self.events("stopping", "holdingpen stopping; reservations stay in systemd's store "
-                    "when it restarts us")
+        self.events("stopping", "holdingpen stopping; if systemd restarts it, reservations and "
+                    "loans wait in its store, but a stop frees them")
         self.workers.stop()
         if self.workers.failed_for_good():
             raise SystemExit(f"holdingpen: {self.workers.failed_for_good()}")

@@ -82,6 +82,10 @@ class Policy:
             return f"no {pool.name} reservation is held: {pool.shortfall}"
         if pool.is_reserving() or pool.missing():
             return f"no {pool.name} reservation is held yet; one is being made"
+        if pool.spec.count == 0:
+            return f"the {pool.name} pool keeps no reservations"
+        if pool.spec.count == 1:
+            return f"the one {pool.name} reservation is lent"
         return f"all {pool.spec.count} {pool.name} reservations are lent"
 
     # ---- loans ----
@@ -276,6 +280,11 @@ class Policy:
         return self.pools[pool_name].spec
 
 
+def counted(n, noun):
+    """'1 loan', '2 loans': a number and its noun, in English."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 class RefusalNotes:
     """Journal a user over a limit once per LIMITED_NOTE_S, with a count of the
     rest, so a flood cannot flood the journal too (and push others' entries out
@@ -294,5 +303,5 @@ class RefusalNotes:
             return None
         self.notes[uid] = (now + self.quiet_s, 0)
         if unsaid:
-            message += f" ({unsaid} more such refusals in the last {self.quiet_s:g} s)"
+            message += f" ({counted(unsaid, 'more such refusal')} in the last {self.quiet_s:g} s)"
         return message

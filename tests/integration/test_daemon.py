@@ -136,6 +136,10 @@ def test_sd_notify(pen):
     os.kill(pen.pid, signal.SIGTERM)
     assert pen.proc.wait(30) == 0
     assert "STOPPING=1" in pen.notify.lines()
+    # It cannot tell a stop from a restart: it must not promise the pool survives either.
+    assert pen.logged().endswith("holdingpen: stopping: holdingpen stopping; if systemd restarts "
+                                 "it, reservations and loans wait in its store, but a stop "
+                                 "frees them\n")
 
 
 def test_watchdog(bindir, shared_tmp):

@@ -28,13 +28,13 @@ def test_an_empty_pool_runs_cmd_anyway_unless_strict(pen):
     try:
         done = pen.run(["gatekeeper", "sh", "-c", "echo ran"])
         assert (done.returncode, done.stdout) == (0, "ran\n")
-        assert done.stderr == ("gatekeeper: all 1 memory reservations are lent (pool-empty); "
+        assert done.stderr == ("gatekeeper: the one memory reservation is lent (pool-empty); "
                                "running sh without a reservation\n")
         quiet = pen.run(["gatekeeper", "-q", "true"])
         assert (quiet.returncode, quiet.stderr) == (0, "")
         strict = pen.run(["gatekeeper", "--strict", "sh", "-c", "echo ran"])
         assert (strict.returncode, strict.stdout) == (69, "")
-        assert strict.stderr == "gatekeeper: all 1 memory reservations are lent (pool-empty)\n"
+        assert strict.stderr == "gatekeeper: the one memory reservation is lent (pool-empty)\n"
     finally:
         holder.stdin.close()
         holder.wait(30)

@@ -251,6 +251,8 @@ def test_restart_keeps_the_pool_and_the_borrower(ct, how):
         adopted = [e for e in since_restart if e.get("HOLDINGPEN_EVENT") == "adopted"]
         assert len(adopted) == 1, events(since_restart)
         assert adopted[0]["HOLDINGPEN_LOANS"] == "1"
+        assert adopted[0]["MESSAGE"] == ("kept across the restart: 2 reservations, 1 loan; "
+                                         "dropped 0 that no longer fit")
 
         # alice's command ends after the restart: the new daemon sees her go.
         mark_end = journal_mark(ct)

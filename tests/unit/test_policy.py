@@ -7,7 +7,7 @@ import pytest
 
 from holdingpen.pen import protocol
 from holdingpen.pen.config import PoolSpec
-from holdingpen.pen.policy import (RETRY_MAX_S, Policy, Refused, RefusalNotes)
+from holdingpen.pen.policy import RETRY_MAX_S, Policy, Refused, RefusalNotes, counted
 from holdingpen.pen.pool import IllegalTransition, Loan
 
 MiB = 1048576
@@ -113,8 +113,10 @@ EMPTY = [
      "all 2 memory reservations are lent"),
     ("short", [memory(1)], ["start", "fail"], protocol.POOL_EMPTY,
      "no memory reservation is held: only 1 MiB available"),
+    ("the one lent", [memory(1)], ["fill", "lend"], protocol.POOL_EMPTY,
+     "the one memory reservation is lent"),
     ("a pool of none", [memory(0)], [], protocol.POOL_EMPTY,
-     "all 0 memory reservations are lent"),
+     "the memory pool keeps no reservations"),
 ]
 
 
@@ -272,6 +274,7 @@ NOTES = [
     ([0.0], ["m"]),
     ([0.0, 1.0, 2.0], ["m", None, None]),
     ([0.0, 1.0, 2.0, 10.0], ["m", None, None, "m (2 more such refusals in the last 10 s)"]),
+    ([0.0, 1.0, 10.0], ["m", None, "m (1 more such refusal in the last 10 s)"]),
     ([0.0, 10.0, 20.0], ["m", "m", "m"]),
     ([0.0, 9.999], ["m", None]),
 ]
@@ -281,6 +284,11 @@ NOTES = [
 def test_refusal_notes(times, said):
     notes = RefusalNotes(quiet_s=10.0)
     assert [notes.note(1000, t, "m") for t in times] == said
+
+
+@pytest.mark.parametrize("n, said", [(0, "0 loans"), (1, "1 loan"), (2, "2 loans")])
+def test_counted(n, said):
+    assert counted(n, "loan") == said
 
 
 def test_refusal_notes_are_per_user():
