@@ -31,12 +31,21 @@ class ReserveError(Exception):
 
 
 class Chunk:
-    """One reservation: a descriptor of size_bytes, and its mapping if locked."""
+    """One reservation: a descriptor of size_bytes, its mapping if locked, and
+    the name the daemon stored it under in systemd's store (None if not stored)."""
 
-    __slots__ = ("fd", "size_bytes", "kind", "mapping")
+    __slots__ = ("fd", "size_bytes", "kind", "mapping", "store_name")
 
     def __init__(self, fd, size_bytes, kind, mapping=None):
         self.fd, self.size_bytes, self.kind, self.mapping = fd, size_bytes, kind, mapping
+        self.store_name = None
+
+    def keep_mapping_only(self):
+        """Lent as a descriptor and handed over: close ours, but keep the pages locked
+        for the borrower (a mapping holds them without the descriptor) until close()."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def close(self):
         """Give the memory or space back (unless a client holds the descriptor too)."""
@@ -57,7 +66,10 @@ def reserve_memory(size_bytes, lock):
     Raises:
         ReserveError: the kernel refused (no memory, a memlock limit).
     """
-    fd = os.memfd_create("holdingpen-memory", os.MFD_CLOEXEC)
+    try:
+        fd = os.memfd_create("holdingpen-memory", os.MFD_CLOEXEC)
+    except OSError as e:        # EMFILE: a flood of clients holds every descriptor
+        raise ReserveError(f"cannot reserve memory: {e.strerror}") from None
     try:
         os.posix_fallocate(fd, 0, size_bytes)
         return Chunk(fd, size_bytes, MEMORY, _lock(fd, size_bytes) if lock else None)

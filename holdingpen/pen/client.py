@@ -44,30 +44,44 @@ def connect(path):
 def ask(sock, request, timeout_s=REPLY_TIMEOUT_S):
     """Send request, return (reply fields, descriptors received with it).
 
+    Exactly one reply line is taken: a second one that arrives with it (an
+    adopted borrower answered again after a restart) is left unread.
+
     Raises:
         Unavailable: the daemon hung up, said nothing in time, or not in protocol.
     """
+    reader, fds, line = protocol.reply_reader(), [], None
     sock.settimeout(timeout_s)
     try:
         sock.sendall(protocol.encode_request(request))
-        data, fds = b"", []
-        while not data.endswith(b"\n"):
-            chunk, more_fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        while line is None:
+            data, more_fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
             fds += more_fds
-            if not chunk:
+            if not data:
                 break
-            data += chunk
+            reader.feed(data)
+            line = reader.next_line()
+        if line is None and reader.buffer:
+            line = reader.buffer         # closed after a last line without its newline
+        if line is None:
+            raise Unavailable("the daemon closed the connection without an answer")
+        return protocol.decode_reply(line), fds
     except socket.timeout:
+        _close_all(fds)
         raise Unavailable(f"the daemon did not answer within {timeout_s:.0f} s") from None
     except OSError as e:
+        _close_all(fds)
         raise Unavailable(f"the daemon hung up: {e.strerror}") from None
+    except protocol.BadReply as e:
+        _close_all(fds)
+        raise Unavailable(e.message) from None
+    except Unavailable:
+        _close_all(fds)
+        raise
     finally:
         sock.settimeout(None)
-    if not data:
-        raise Unavailable("the daemon closed the connection without an answer")
-    try:
-        return protocol.decode_reply(data.rstrip(b"\n")), fds
-    except protocol.ProtocolError as e:
-        for fd in fds:
-            os.close(fd)
-        raise Unavailable(e.message) from None
+
+
+def _close_all(fds):
+    for fd in fds:
+        os.close(fd)

@@ -172,14 +172,21 @@ def parse(data, source):
         # A NUL would reach os.stat() and os.open() as ValueError, not OSError.
         if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
             raise ConfigError(f"{source}: {key}.path: expected an absolute directory path, not {path!r}")
-        # normpath keeps a leading "//" (POSIX leaves it open); on Linux it is "/".
-        path = "/" + os.path.normpath(path).lstrip("/")
+        path = normal_path(path)
         if path in seen:
             raise ConfigError(f"{source}: {key}.path: {_show(path)} is listed twice")
         seen.add(path)
         pools.append(_pool(disk, DISK, path, source, key, default_size=None, default_count=1))
     return Config(pools, source, _limits(doc.get(LIMITS, {}), source),
                   _authorize(doc.get(AUTHORIZE, {}), source))
+
+
+def normal_path(path):
+    """The one spelling of an absolute directory path in pool names ("disk:/var/tmp").
+
+    normpath keeps a leading "//" (POSIX leaves it open); on Linux it is "/".
+    """
+    return "/" + os.path.normpath(path).lstrip("/")
 
 
 def _limits(table, source):

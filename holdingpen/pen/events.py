@@ -24,8 +24,9 @@ MESSAGE_IDS = {
     "bad-client": "c41257d877234d2a9e610fd0a3f65d6d",
     "no-polkit": "99584241727946aaa228cbdd19a4cd7b",
     "stopping": "217d6210a9ac4324990ac24ea52588d5",
+    "failed": "391c549d86644a5a905000413068337e",     # a worker thread's own trouble
 }
-PRIORITY = {"shortfall": 4, "config-refused": 3, "refused": 5, "bad-client": 5}   # syslog levels
+PRIORITY = {"shortfall": 4, "config-refused": 3, "refused": 5, "bad-client": 5, "failed": 3}   # syslog levels
 _INFO = 6
 
 

@@ -54,6 +54,20 @@ class Pool:
     def name(self):
         return self.spec.name
 
+    def is_reserving(self):
+        return self.reserving > 0
+
+    def is_empty(self):
+        """Nothing held, lent or being made: a retired pool may go."""
+        return not self.held and not self.loans and not self.reserving
+
+    def has_loan(self, loan_id):
+        return loan_id in self.loans
+
+    def loan(self, loan_id):
+        """The Loan of loan_id (KeyError if none)."""
+        return self.loans[loan_id]
+
     def missing(self):
         return max(0, self.spec.count - len(self.held) - len(self.loans) - self.reserving)
 

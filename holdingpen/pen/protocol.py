@@ -13,11 +13,19 @@ With "fd": true the reply to a borrow carries the reservation itself as a
 descriptor (SCM_RIGHTS). "kind" is "memory", "disk" (the first disk pool) or
 "disk:PATH". Nothing in a request says who the client is: the daemon asks the
 kernel (SO_PEERCRED).
+
+No I/O here: LineReader takes bytes as they arrive and gives back whole
+lines. A request that breaks the protocol raises BadRequest (the client's
+fault: the daemon answers it with the error's code); a reply that does raises
+BadReply (the daemon's fault, or not a daemon at all: the client gives up).
+The replies are built here and nowhere else (borrow_reply, status_reply,
+error_reply).
 """
 
 import json
 
 MAX_LINE_BYTES = 4096          # a request is tiny; anything longer is refused, not buffered
+MAX_REPLY_BYTES = 64 << 20     # a status reply lists every loan: 1,024 pools' worth fits
 BORROW = "borrow"
 STATUS = "status"
 
@@ -27,7 +35,6 @@ TOO_LONG = "too-long"              # over MAX_LINE_BYTES without a newline
 UNKNOWN_KIND = "unknown-kind"      # no pool of that kind
 POOL_EMPTY = "pool-empty"          # none held just now (all lent, or still reserving)
 NOT_AUTHORIZED = "not-authorized"  # the authorize step said no
-ALREADY_BORROWING = "already-borrowing"  # one borrow per connection
 TIMEOUT = "timeout"                # said nothing in time
 BUSY = "busy"                      # too many connections in all
 LIMITED = "limited"                # over this user's limit (connections, borrows a second)
@@ -40,6 +47,61 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class BadRequest(ProtocolError):
+    """The client broke the protocol; code and message are the daemon's answer."""
+
+
+class BadReply(ProtocolError):
+    """The daemon's answer broke the protocol (or it is no daemon of ours); code is None."""
+
+    def __init__(self, message):
+        super().__init__(None, message)
+
+
+class LineReader:
+    """Bytes in as they arrive, whole lines out (without their newline); no I/O.
+
+    Args:
+        max_line_bytes: a longer line is an error, not buffered.
+        error: makes what to raise for one (a BadRequest of TOO_LONG, or a BadReply).
+    """
+
+    def __init__(self, max_line_bytes, error):
+        self.max_line_bytes = max_line_bytes
+        self.error = error
+        self.buffer = b""
+
+    def feed(self, data):
+        self.buffer += data
+
+    def next_line(self):
+        """The next whole line, or None until one has arrived.
+
+        Raises:
+            the reader's error: no newline within max_line_bytes.
+        """
+        line, newline, rest = self.buffer.partition(b"\n")
+        if not newline:
+            if len(self.buffer) > self.max_line_bytes:
+                raise self.error()
+            return None
+        if len(line) > self.max_line_bytes:
+            raise self.error()
+        self.buffer = rest
+        return line
+
+
+def request_reader():
+    """A LineReader for the daemon's side: requests of at most MAX_LINE_BYTES."""
+    return LineReader(MAX_LINE_BYTES, lambda: BadRequest(TOO_LONG, _TOO_LONG))
+
+
+def reply_reader():
+    """A LineReader for the client's side: one reply, however many loans it lists."""
+    return LineReader(MAX_REPLY_BYTES, lambda: BadReply(
+        f"the daemon's reply is over {MAX_REPLY_BYTES} bytes without a newline"))
 
 
 class Request:
@@ -69,17 +131,17 @@ def decode_request(line):
     """A Request from one line (bytes, without its newline).
 
     Raises:
-        ProtocolError: anything but a well-formed request.
+        BadRequest: anything but a well-formed request.
     """
     if len(line) > MAX_LINE_BYTES:
-        raise ProtocolError(TOO_LONG, f"a request is one line of at most {MAX_LINE_BYTES} bytes")
+        raise BadRequest(TOO_LONG, _TOO_LONG)
     try:
         fields = json.loads(line.decode("utf-8"))
     # RecursionError: "[" * 1000 fits in a line and exhausts the decoder's stack.
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ProtocolError(BAD_REQUEST, "a request is one line of JSON") from None
+        raise BadRequest(BAD_REQUEST, "a request is one line of JSON") from None
     if not isinstance(fields, dict):
-        raise ProtocolError(BAD_REQUEST, "a request is a JSON object")
+        raise BadRequest(BAD_REQUEST, "a request is a JSON object")
     action = fields.get("action")
     if action == STATUS:
         _only(fields, {"action"})
@@ -88,21 +150,32 @@ def decode_request(line):
         _only(fields, {"action", "kind", "fd"})
         kind, fd = fields.get("kind", "memory"), fields.get("fd", False)
         if not isinstance(kind, str) or not kind or "\0" in kind:
-            raise ProtocolError(BAD_REQUEST, '"kind" is "memory", "disk" or "disk:PATH"')
+            raise BadRequest(BAD_REQUEST, '"kind" is "memory", "disk" or "disk:PATH"')
         if not isinstance(fd, bool):
-            raise ProtocolError(BAD_REQUEST, '"fd" is true or false')
+            raise BadRequest(BAD_REQUEST, '"fd" is true or false')
         return Request(BORROW, kind, fd)
-    raise ProtocolError(BAD_REQUEST, '"action" is "borrow" or "status"')
+    raise BadRequest(BAD_REQUEST, '"action" is "borrow" or "status"')
 
 
 def _only(fields, allowed):
     extra = sorted(set(fields) - allowed)
     if extra:
-        raise ProtocolError(BAD_REQUEST, f"unknown field {extra[0]!r}")
+        raise BadRequest(BAD_REQUEST, f"unknown field {extra[0]!r}")
 
 
 def encode_reply(fields):
     return _line(fields)
+
+
+def borrow_reply(kind, size_bytes, fd):
+    """A borrow granted: a pool's name, its reservations' size, and whether the
+    reservation travels with the reply as a descriptor."""
+    return _line({"ok": True, "action": BORROW, "kind": kind, "size": size_bytes, "fd": fd})
+
+
+def status_reply(ready, pools, loans):
+    """What `holdingpen status` shows: pools (Pool.snapshot() each) and loans (plain dicts)."""
+    return _line({"ok": True, "action": STATUS, "ready": ready, "pools": pools, "loans": loans})
 
 
 def error_reply(code, message):
@@ -113,15 +186,18 @@ def decode_reply(line):
     """The reply's fields (a dict with "ok").
 
     Raises:
-        ProtocolError: not a reply from a holdingpen daemon.
+        BadReply: not a reply from a holdingpen daemon.
     """
     try:
         fields = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):    # as in decode_request
-        raise ProtocolError(BAD_REQUEST, "the daemon's reply is not JSON") from None
+        raise BadReply("the daemon's reply is not JSON") from None
     if not isinstance(fields, dict) or not isinstance(fields.get("ok"), bool):
-        raise ProtocolError(BAD_REQUEST, "the daemon's reply has no \"ok\"")
+        raise BadReply("the daemon's reply has no \"ok\"")
     return fields
+
+
+_TOO_LONG = f"a request is one line of at most {MAX_LINE_BYTES} bytes"
 
 
 def _line(fields):

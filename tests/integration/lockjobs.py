@@ -3,23 +3,11 @@
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
 from holdingpen.lock import proclocks, who
-
-
-def wait_until(predicate, what, timeout_s=20.0):
-    """Poll predicate until it is true; fail naming `what` if it never is."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.005)
+from helpers import wait_until  # noqa: F401  (where the perflock tests import it from)
 
 
 def blocked(pid):

@@ -7,7 +7,7 @@ import subprocess
 import threading
 
 from holdingpen.pen import headroom
-from lockjobs import wait_until
+from helpers import read_reply, wait_until
 
 MiB = 1 << 20
 CHUNK = 64 * MiB
@@ -65,6 +65,22 @@ def write_config(path, memory_count=4, disk_dir=None, disk_count=2, size="64M", 
         text += f'[[disk]]\npath = "{disk_dir}"\nsize = "{size}"\ncount = {disk_count}\n'
     path.write_text(text + extra)
     return path
+
+
+def start_pen(bindir, workdir, memory_count=4, disk=False, **config):
+    """A Pen serving write_config(memory_count, ...), its pools full; with disk, also a
+    disk pool in workdir/disk (pen.disk, pen.disk_pool)."""
+    disk_dir = None
+    if disk:
+        disk_dir = workdir / "disk"
+        disk_dir.mkdir()
+    p = Pen(bindir, workdir, write_config(workdir / "pool.toml", memory_count=memory_count,
+                                          disk_dir=disk_dir, **config))
+    p.disk, p.disk_pool = disk_dir, f"disk:{disk_dir}" if disk else None
+    p.wait_full()
+    if disk:
+        p.wait_full(p.disk_pool)
+    return p
 
 
 class Pen:
@@ -170,11 +186,5 @@ def connect(path):
 
 
 def read_line(sock, timeout_s=30):
-    sock.settimeout(timeout_s)
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
+    """One raw reply line (helpers.read_reply), descriptors closed."""
+    return read_reply(sock, timeout_s)

@@ -13,16 +13,7 @@ from pen import CHUNK, MiB, Pen, available_bytes, connect, meminfo, read_line, w
 from lockjobs import wait_until
 
 
-@pytest.fixture
-def pen(bindir, shared_tmp):
-    disk = shared_tmp / "disk"
-    disk.mkdir()
-    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", disk_dir=disk))
-    p.disk = disk
-    p.wait_full()
-    p.wait_full(f"disk:{disk}")
-    yield p
-    assert p.stop() == 0
+PEN_CONFIG = {"disk": True}
 
 
 def hold(pen, *gatekeeper_args):
@@ -145,6 +136,10 @@ def test_sd_notify(pen):
     os.kill(pen.pid, signal.SIGTERM)
     assert pen.proc.wait(30) == 0
     assert "STOPPING=1" in pen.notify.lines()
+    # It cannot tell a stop from a restart: it must not promise the pool survives either.
+    assert pen.logged().endswith("holdingpen: stopping: holdingpen stopping; if systemd restarts "
+                                 "it, reservations and loans wait in its store, but a stop "
+                                 "frees them\n")
 
 
 def test_watchdog(bindir, shared_tmp):
@@ -226,5 +221,50 @@ def test_client_waits_then_time_out_on_silence(bindir, shared_tmp):
             assert time.monotonic() - start >= 0.3
             assert (reply["ok"], reply["error"]) == (False, "timeout")
             assert s.recv(1) == b""            # and then the daemon hangs up
+    finally:
+        assert p.stop() == 0
+
+
+def test_a_disk_pool_answers_to_every_spelling_of_its_path(bindir, shared_tmp):
+    # The configuration reads "//PATH" as "/PATH"; a borrow of "disk://PATH" must too.
+    disk = shared_tmp / "disk"
+    disk.mkdir()
+    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", memory_count=1,
+                                             disk_dir=f"/{disk}", disk_count=1))
+    try:
+        p.wait_full(f"disk:{disk}")
+        for kind in (f"disk:/{disk}", f"disk:{disk}/", f"disk:{disk}/./"):
+            done = p.run(["gatekeeper", "--strict", "--kind", kind, "true"])
+            assert (done.returncode, done.stderr) == (0, ""), kind
+    finally:
+        assert p.stop() == 0
+
+
+def test_a_pool_removed_by_a_reload_is_not_what_disk_means(bindir, shared_tmp):
+    # Two disk pools; the first is removed while it lends: "disk" is the second, full one,
+    # not the removed one ("all 0 reservations are lent"), and the removed one is unknown.
+    first, second = shared_tmp / "first", shared_tmp / "second"
+    first.mkdir()
+    second.mkdir()
+    config = shared_tmp / "pool.toml"
+    disks = ''.join(f'[[disk]]\npath = "{d}"\nsize = "4M"\ncount = 1\n' for d in (first, second))
+    config.write_text('[memory]\nsize = "4M"\ncount = 1\n' + disks)
+    p = Pen(bindir, shared_tmp, config)
+    try:
+        p.wait_full(f"disk:{second}")
+        job = hold(p, "--strict", "--kind", "disk")
+        assert p.status()["loans"][0]["kind"] == f"disk:{first}"
+        config.write_text('[memory]\nsize = "4M"\ncount = 1\n' + disks.split("[[disk]]")[0] +
+                          f'[[disk]]\npath = "{second}"\nsize = "4M"\ncount = 1\n')
+        os.kill(p.pid, signal.SIGHUP)
+        wait_until(lambda: p.notify.lines().count("READY=1") == 2, "READY=1 after the reload")
+        done = p.run(["gatekeeper", "--strict", "--kind", "disk", "true"])
+        assert (done.returncode, done.stderr) == (0, "")
+        done = p.run(["gatekeeper", "--strict", "--kind", f"disk:{first}", "true"])
+        assert done.returncode != 0
+        assert f"no disk:{first} pool; there are: memory, disk:{second}" in done.stderr
+        release(job)
+        wait_until(lambda: [q["name"] for q in p.status()["pools"]] == ["memory", f"disk:{second}"],
+                   "the removed pool to go once its loan is back")
     finally:
         assert p.stop() == 0

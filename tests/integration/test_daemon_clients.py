@@ -7,16 +7,10 @@ import socket
 
 import pytest
 
-from pen import CHUNK, Pen, connect, read_line, write_config
-from lockjobs import wait_until
+from helpers import wait_until
+from pen import CHUNK, connect, read_line
 
-
-@pytest.fixture
-def pen(bindir, shared_tmp):
-    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", memory_count=4))
-    p.wait_full()
-    yield p
-    assert p.stop() == 0
+PEN_CONFIG = {"memory_count": 4}
 
 
 def exact(pen):

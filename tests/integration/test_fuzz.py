@@ -27,12 +27,10 @@ import socket
 import threading
 import time
 
-import pytest
-
 from holdingpen.pen import protocol
 from holdingpen.pen.protocol import MAX_LINE_BYTES, ProtocolError, decode_request
 
-from lockjobs import wait_until
+from helpers import read_reply, wait_until
 from pen import MiB, Pen, connect, write_config
 
 SEED = int(os.environ.get("HOLDINGPEN_FUZZ_SEED", "20261121"))
@@ -46,7 +44,7 @@ SIZE = 8 * MiB
 MEMORY_COUNT, DISK_COUNT = 4, 2
 
 KNOWN_CODES = {protocol.BAD_REQUEST, protocol.TOO_LONG, protocol.UNKNOWN_KIND,
-               protocol.POOL_EMPTY, protocol.NOT_AUTHORIZED, protocol.ALREADY_BORROWING,
+               protocol.POOL_EMPTY, protocol.NOT_AUTHORIZED,
                protocol.TIMEOUT, protocol.BUSY, protocol.LIMITED}
 
 READ, SHUT, CLOSE = "read", "half-close", "hang-up"    # how a client ends
@@ -276,12 +274,7 @@ def play(path, case):
             sock.shutdown(socket.SHUT_WR)
         data = b""
         try:
-            while not data.endswith(b"\n"):
-                chunk, fds, _, _ = socket.recv_fds(sock, 65536, 4)
-                fds_in += fds
-                if not chunk:
-                    break
-                data += chunk
+            data = read_reply(sock, timeout_s=None, fds=fds_in)
         except ConnectionResetError:
             pass                  # after its reply, if we left bytes unread on its side
         if not data:
@@ -320,15 +313,8 @@ class Monitor(threading.Thread):
             start = time.monotonic()
             try:
                 with connect(self.path) as s:
-                    s.settimeout(STATUS_BOUND_S * 5)
                     s.sendall(b'{"action":"status"}\n')
-                    data = b""
-                    while not data.endswith(b"\n"):
-                        chunk = s.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                reply = json.loads(data)
+                    reply = json.loads(read_reply(s, STATUS_BOUND_S * 5))
                 self.latencies_s.append(time.monotonic() - start)
                 for pool in reply["pools"]:
                     lent = sum(1 for loan in reply["loans"] if loan["kind"] == pool["name"])
@@ -345,19 +331,9 @@ def vm_rss_bytes(pid):
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
-@pytest.fixture
-def pen(bindir, shared_tmp):
-    disk = shared_tmp / "disk"
-    disk.mkdir()
-    config = write_config(shared_tmp / "pool.toml", memory_count=MEMORY_COUNT, disk_dir=disk,
-                          disk_count=DISK_COUNT, size=f"{SIZE // MiB}M",
-                          extra=f"[limits]\nrequest_timeout_s = {REQUEST_TIMEOUT_S}\n")
-    p = Pen(bindir, shared_tmp, config)
-    p.disk_pool = f"disk:{disk}"
-    p.wait_full("memory")
-    p.wait_full(p.disk_pool)
-    yield p
-    assert p.stop() == 0
+PEN_CONFIG = {"memory_count": MEMORY_COUNT, "disk": True, "disk_count": DISK_COUNT,
+              "size": f"{SIZE // MiB}M",
+              "extra": f"[limits]\nrequest_timeout_s = {REQUEST_TIMEOUT_S}\n"}
 
 
 def whole(pen):

@@ -5,15 +5,7 @@ import subprocess
 
 import pytest
 
-from pen import Pen, write_config
-
-
-@pytest.fixture
-def pen(bindir, shared_tmp):
-    p = Pen(bindir, shared_tmp, write_config(shared_tmp / "pool.toml", memory_count=1))
-    p.wait_full()
-    yield p
-    assert p.stop() == 0
+PEN_CONFIG = {"memory_count": 1}
 
 
 def test_gatekeeper_becomes_cmd(pen):
@@ -36,13 +28,13 @@ def test_an_empty_pool_runs_cmd_anyway_unless_strict(pen):
     try:
         done = pen.run(["gatekeeper", "sh", "-c", "echo ran"])
         assert (done.returncode, done.stdout) == (0, "ran\n")
-        assert done.stderr == ("gatekeeper: all 1 memory reservations are lent (pool-empty); "
+        assert done.stderr == ("gatekeeper: the one memory reservation is lent (pool-empty); "
                                "running sh without a reservation\n")
         quiet = pen.run(["gatekeeper", "-q", "true"])
         assert (quiet.returncode, quiet.stderr) == (0, "")
         strict = pen.run(["gatekeeper", "--strict", "sh", "-c", "echo ran"])
         assert (strict.returncode, strict.stdout) == (69, "")
-        assert strict.stderr == "gatekeeper: all 1 memory reservations are lent (pool-empty)\n"
+        assert strict.stderr == "gatekeeper: the one memory reservation is lent (pool-empty)\n"
     finally:
         holder.stdin.close()
         holder.wait(30)

@@ -2,10 +2,11 @@
 and gatekeeper, as a user runs it."""
 
 import json
-import time
 from contextlib import contextmanager
 
 import pytest
+
+from helpers import wait_until
 
 SERVICE = "holdingpen.service"
 SOCKET = "holdingpen.socket"
@@ -29,14 +30,16 @@ def counts(reply):
 
 def wait_for(what, probe, ok=bool, timeout_s=SETTLE_S):
     """probe()'s first value that is ok() within timeout_s; fails naming what and the last value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}; last saw {value!r}")
-        time.sleep(POLL_S)
+    seen = []
+
+    def value_ok():
+        seen[:] = [probe()]
+        return ok(seen[0])
+    try:
+        wait_until(value_ok, what, timeout_s, POLL_S)
+    except AssertionError:
+        pytest.fail(f"not within {timeout_s} s: {what}; last saw {seen[0]!r}")
+    return seen[0]
 
 
 def journal_mark(ct):

@@ -79,8 +79,8 @@ def restart_empty(ct):
     """Stop and start the daemon: the stop empties the descriptor store, so the
     start reserves the configured pool from nothing (start waits for READY=1).
 
-    reset-failed zeroes systemd's start counter: the tests start the service
-    more often than StartLimitBurst= (5 in 10 s) allows.
+    reset-failed zeroes systemd's start counter, so that however often the
+    tests start the service, StartLimitBurst= never refuses a start.
     """
     ct.run(["systemctl", "stop", SERVICE])
     ct.run(["systemctl", "reset-failed", SERVICE])
@@ -251,6 +251,8 @@ def test_restart_keeps_the_pool_and_the_borrower(ct, how):
         adopted = [e for e in since_restart if e.get("HOLDINGPEN_EVENT") == "adopted"]
         assert len(adopted) == 1, events(since_restart)
         assert adopted[0]["HOLDINGPEN_LOANS"] == "1"
+        assert adopted[0]["MESSAGE"] == ("kept across the restart: 2 reservations, 1 loan; "
+                                         "dropped 0 that no longer fit")
 
         # alice's command ends after the restart: the new daemon sees her go.
         mark_end = journal_mark(ct)
@@ -320,6 +322,31 @@ def test_reload_refuses_an_invalid_config_and_keeps_the_pool(ct):
 
 
 # ---- 6. the units as systemd reads them ----
+
+def test_without_jeepney_the_daemon_says_so_and_goes_on_lending(ct):
+    # The asker thread warms up its polkit connection first; with jeepney gone
+    # (an empty directory over it, for this service only) that raises ImportError.
+    # The daemon must journal it and go on: root's borrow needs no polkit.
+    jeepney = ct.run(["python3", "-c", "import jeepney, os; print(os.path.dirname(jeepney.__file__))"]
+                     ).stdout.strip()
+    dropin = ct.path(f"/run/systemd/system/{SERVICE}.d/no-jeepney.conf")
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(f"[Service]\nTemporaryFileSystem={jeepney}:ro\n")
+    ct.run(["systemctl", "daemon-reload"])
+    try:
+        mark = journal_mark(ct)
+        restart_empty(ct)
+        done = ct.run(["gatekeeper", "--strict", "true"], check=False, timeout_s=45)
+        assert (done.returncode, done.stderr) == (0, "")
+        failed = [e["MESSAGE"] for e in journal(ct, "HOLDINGPEN_EVENT=failed", after=mark)]
+        assert len(failed) == 1 and "getting ready to ask polkit failed: " \
+            "ModuleNotFoundError" in failed[0], failed
+        assert show(ct, "ActiveState")["ActiveState"] == "active"
+    finally:
+        dropin.unlink()
+        ct.run(["systemctl", "daemon-reload"])
+        restart_empty(ct)
+
 
 def test_installed_units_verify_without_a_warning(ct):
     # verify exits 0 on unknown keys and other warnings, so stderr is the verdict.

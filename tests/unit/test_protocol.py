@@ -1,10 +1,11 @@
-"""The wire format, driven directly: bytes in, requests and replies out, or ProtocolError."""
+"""The wire format, driven directly: bytes in, requests and replies out, or BadRequest/BadReply."""
 
 import pytest
 
 from holdingpen.pen.protocol import (BAD_REQUEST, BORROW, MAX_LINE_BYTES, POOL_EMPTY, STATUS, TOO_LONG,
-                                 ProtocolError, Request, decode_reply, decode_request,
-                                 encode_reply, encode_request, error_reply)
+                                 BadReply, BadRequest, LineReader, ProtocolError, Request,
+                                 borrow_reply, decode_reply, decode_request, encode_reply,
+                                 encode_request, error_reply, request_reader, status_reply)
 
 ENCODED = [
     (Request(STATUS), b'{"action":"status"}\n'),
@@ -148,7 +149,61 @@ BAD_REPLIES = [
 
 @pytest.mark.parametrize("why, line", BAD_REPLIES, ids=[b[0] for b in BAD_REPLIES])
 def test_decode_reply_refuses(why, line):
-    with pytest.raises(ProtocolError) as e:
+    # A bad reply is the daemon's fault, not the client's: its own class, and no code to send.
+    with pytest.raises(BadReply) as e:
         decode_reply(line)
-    assert e.value.code == BAD_REQUEST
+    assert not isinstance(e.value, BadRequest) and e.value.code is None
     assert "reply" in e.value.message
+
+
+def test_a_bad_request_is_not_a_bad_reply():
+    with pytest.raises(BadRequest) as e:
+        decode_request(b"hello")
+    assert not isinstance(e.value, BadReply) and e.value.code == BAD_REQUEST
+
+
+def test_replies_are_built_in_their_shapes():
+    assert decode_reply(borrow_reply("disk:/var/tmp", 4096, True)[:-1]) == {
+        "ok": True, "action": "borrow", "kind": "disk:/var/tmp", "size": 4096, "fd": True}
+    assert decode_reply(status_reply(False, [], [])[:-1]) == {
+        "ok": True, "action": "status", "ready": False, "pools": [], "loans": []}
+
+
+# ---- the line reader: (bytes fed one after another, lines it gives, then what it raises) ----
+
+READS = [
+    ("one line", [b"ab\n"], [b"ab"], None),
+    ("in pieces", [b"a", b"b", b"\n"], [b"ab"], None),
+    ("not yet", [b"ab"], [], None),
+    ("two at once", [b"a\nb\n"], [b"a", b"b"], None),
+    ("one and a half", [b"a\nb"], [b"a"], None),
+    ("empty line", [b"\n"], [b""], None),
+    ("exactly the most", [b"x" * 8 + b"\n"], [b"x" * 8], None),
+    ("one too many, no newline", [b"x" * 9], [], TOO_LONG),
+    ("one too many, with newline", [b"x" * 9 + b"\n"], [], TOO_LONG),
+    ("a good line, then too long", [b"a\n" + b"x" * 9], [b"a"], TOO_LONG),
+]
+
+
+@pytest.mark.parametrize("feeds, lines, raises", [r[1:] for r in READS], ids=[r[0] for r in READS])
+def test_line_reader(feeds, lines, raises):
+    reader = LineReader(8, lambda: BadRequest(TOO_LONG, "too long"))
+    got = []
+    try:
+        for data in feeds:
+            reader.feed(data)
+            while (line := reader.next_line()) is not None:
+                got.append(line)
+    except BadRequest as e:
+        assert e.code == raises
+    else:
+        assert raises is None
+    assert got == lines
+
+
+def test_request_reader_refuses_past_max_line_bytes():
+    reader = request_reader()
+    reader.feed(b"x" * (MAX_LINE_BYTES + 1))
+    with pytest.raises(BadRequest) as e:
+        reader.next_line()
+    assert e.value.code == TOO_LONG

@@ -1,0 +1,89 @@
+"""A loan's life in the shell: lent, answered, handed over, returned; in systemd's store throughout.
+
+The loan is the connection's, in systemd's store too, before the client
+hears of it, and marked answered once it has: a daemon killed in between
+leaves neither a borrower it forgot nor one left waiting, as the next one
+answers what is unanswered (adoption.py). A reservation lent as a descriptor
+stays with the connection until it has gone out with the reply (if the
+client goes first, it is held again), and after that its locked mapping
+stays for as long as the loan (memory where there is swap).
+"""
+
+import time
+
+from holdingpen.pen import protocol
+from holdingpen.pen.pool import Loan
+from holdingpen.pen.sizes import format_size
+
+
+class Lending:
+    """Args: policy (policy.Policy), store (fdstore), events, stock (stock.Stock), proc."""
+
+    def __init__(self, policy, store, events, stock, proc):
+        self.policy, self.store, self.events, self.stock, self.proc = policy, store, events, stock, proc
+
+    def lend(self, conn, pool_name, request):
+        """Lend from pool_name to conn. Returns (reply, descriptors to send with it).
+
+        Raises:
+            policy.Refused: nothing to lend (or no such pool any more).
+        """
+        peer = conn.peer
+        loan = Loan(peer.uid, peer.user, peer.pid, peer.comm, time.time(), handed_fd=request.fd)
+        loan_id, chunk = self.policy.lend(pool_name, loan)
+        self.store.remove(chunk.store_name)
+        store_name = self.store.new_name("loan")
+        conn.loan, conn.answered = (loan_id, store_name), False
+        self.store.add(store_name, conn.sock.fileno(),
+                       {"pool": pool_name, **loan.as_dict(), "answered": False})
+        reply = protocol.borrow_reply(pool_name, chunk.size_bytes, request.fd)
+        if request.fd:
+            conn.chunk = chunk     # journalled once handed over (answered())
+            return reply, [chunk.fd]
+        chunk.close()              # the memory is free before the client hears so
+        self._journal_lent(conn)
+        return reply, []
+
+    def answered(self, conn):
+        """What was queued for conn went out, or at least its descriptors did."""
+        if conn.loan is None or conn.answered or conn.fds_pending():
+            return
+        conn.answered = True
+        self.store.update(conn.loan[1], answered=True)
+        if conn.chunk is not None:           # handed over as a descriptor
+            self._journal_lent(conn)
+            conn.chunk.keep_mapping_only()   # the client's copy is the one it uses
+
+    def ended(self, conn):
+        """conn closed: its loan returns (or, not handed over yet, its chunk is held again)."""
+        if conn.loan is None:
+            return
+        loan_id, store_name = conn.loan
+        self.store.remove(store_name)
+        if conn.fds_pending():     # it went away mid hand-off: the chunk is still ours
+            pool_name = self.policy.pool_name_of(loan_id)
+            self.policy.undo_lend(loan_id, conn.chunk)
+            return self.stock.keep(pool_name, conn.chunk)
+        name, loan = self.policy.returned(loan_id)
+        if conn.chunk is not None:
+            conn.chunk.close()
+        self.events("returned", f"{loan.user} ({loan.command}) returned "
+                    f"{format_size(loan.size_bytes)} of {name}", kind=name,
+                    size_bytes=loan.size_bytes, peer=conn.peer)
+
+    def refresh_commands(self):
+        """Loans show the borrower's command as it is now: gatekeeper has become CMD."""
+        for loan_id, _, loan in self.policy.loans():
+            try:
+                with open(f"{self.proc}/{loan.pid}/comm", errors="replace") as f:
+                    self.policy.set_command(loan_id, f.read().strip())
+            except OSError:
+                pass              # gone: its connection's close will tell us soon
+
+    def _journal_lent(self, conn):
+        pool_name = self.policy.pool_name_of(conn.loan[0])
+        loan, peer = self.policy.loan(conn.loan[0]), conn.peer
+        self.events("lent", f"lent {format_size(loan.size_bytes)} of {pool_name} to "
+                    f"{peer.user} ({peer.comm}, pid {peer.pid})"
+                    + (", as a descriptor" if loan.handed_fd else ""),
+                    kind=pool_name, size_bytes=loan.size_bytes, peer=peer)
