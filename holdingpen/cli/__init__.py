@@ -1,5 +1,5 @@
 """The commands, thin shells over pen/ and lock/: parse, call, print, exit.
 
 holdingpen (serve, status, check), gatekeeper, perflock (perflock and pls),
-wholock; pensocket, their side of the daemon's socket (cheap to import).
+wholock.
 """

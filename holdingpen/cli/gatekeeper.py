@@ -13,8 +13,8 @@ $HOLDINGPEN_MEMORY_FD or $HOLDINGPEN_DISK_FD.
 import os
 import sys
 
-from holdingpen.cli import pensocket
 from holdingpen.common import cmdline, exits
+from holdingpen.pen import client, protocol
 
 FD_ENV = {"memory": "HOLDINGPEN_MEMORY_FD", "disk": "HOLDINGPEN_DISK_FD"}
 
@@ -75,7 +75,7 @@ def run(argv, environ=os.environ):
     kind = opts["kind"] or "memory"
     env = dict(environ)
     try:
-        sock = borrow(pensocket.socket_path(opts["socket"], environ), kind, opts["fd"], env)
+        sock = borrow(client.socket_path(opts["socket"], environ), kind, opts["fd"], env)
     except Refused as e:
         if opts["strict"]:
             sys.stderr.write(f"gatekeeper: {e}\n")
@@ -106,13 +106,13 @@ def borrow(path, kind, want_fd, env):
         Refused: nothing was borrowed; the message says why.
     """
     try:
-        sock = pensocket.connect(path)
-        reply, fds = pensocket.ask(sock, pensocket.borrow_request(kind, want_fd))
-    except pensocket.Unavailable as e:
+        sock = client.connect(path)
+        reply, fds = client.ask(sock, protocol.Request(protocol.BORROW, kind, want_fd))
+    except client.Unavailable as e:
         raise Refused(str(e)) from None
     if not reply["ok"]:
         sock.close()
-        code = exits.NOPERM if reply.get("error") == pensocket.NOT_AUTHORIZED else exits.UNAVAILABLE
+        code = exits.NOPERM if reply.get("error") == protocol.NOT_AUTHORIZED else exits.UNAVAILABLE
         raise Refused(f"{reply.get('message') or reply.get('error')} ({reply.get('error')})", code)
     if want_fd:
         if len(fds) != 1:

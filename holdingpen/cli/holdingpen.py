@@ -16,8 +16,8 @@ import socket
 import sys
 import time
 
-from holdingpen.cli import pensocket
 from holdingpen.common import cmdline, exits, text
+from holdingpen.pen import client, protocol
 from holdingpen.pen.sizes import format_size
 
 
@@ -121,7 +121,7 @@ def serve(opts):
         del passed[listener]
         listener = socket.socket(fileno=listener)
     else:
-        path = pensocket.socket_path(opts["socket"])
+        path = client.socket_path(opts["socket"])
         try:
             listener = daemon.bind(path)
         except OSError as e:
@@ -175,14 +175,14 @@ def status(opts):
     if opts["json"] and opts["openmetrics"]:
         sys.stderr.write(f"holdingpen status: choose --json or --openmetrics\n{USAGE}")
         return exits.USAGE
-    path = pensocket.socket_path(opts["socket"])
+    path = client.socket_path(opts["socket"])
     try:
-        sock = pensocket.connect(path)
+        sock = client.connect(path)
         try:
-            reply, fds = pensocket.ask(sock, pensocket.status_request())
+            reply, fds = client.ask(sock, protocol.Request(protocol.STATUS))
         finally:
             sock.close()
-    except pensocket.Unavailable as e:
+    except client.Unavailable as e:
         sys.stderr.write(f"holdingpen: {e}\n")
         return exits.UNAVAILABLE
     for fd in fds:

@@ -133,8 +133,10 @@ class Daemon:
             sock = client.connect(self.socket)
         except client.Unavailable:
             return None
-        with sock:
+        try:
             reply, fds = client.ask(sock, protocol.Request(protocol.STATUS))
+        finally:
+            sock.close()
         for fd in fds:
             os.close(fd)
         return reply
