@@ -13,7 +13,7 @@ import vm
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 SCENARIOS = vm.TIER_SCENARIOS
-# Boot + install + two scenarios take about 10 minutes under TCG on a busy
+# Boot + install + three scenarios take about 10 minutes under TCG on a busy
 # 2-core host; past this qemu is killed and the tier fails.
 VM_TIMEOUT_S = 1800
 
