@@ -58,7 +58,7 @@ def table(runs):
                      f"{ratio(reread_s, idle[2])} {ratio(reread_s, loaded[2])}")
     for name in RUNS:
         run = runs.get(name, {})
-        notes = [f"{key}={run[key]}" for key in ("error", "oom_kills", "pages_swapped_out",
+        notes = [f"{key}={run[key]}" for key in ("error", "thrasher_ready_s", "oom_kills", "pages_swapped_out",
                                                  "pool_whole_after_s") if key in run]
         program = run.get("program", {})
         if program.get("returncode"):

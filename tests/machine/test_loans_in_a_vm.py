@@ -52,7 +52,9 @@ def test_install_brings_the_libraries(machine):
 @pytest.mark.parametrize("name", LOANS)
 def test_program_runs_on_the_loan(machine, name):
     """While the program runs, `holdingpen status` shows alice's loan of the reservation."""
-    loans = scenario(machine, name)["program"].get("loans_while_running") or []
+    program = scenario(machine, name)["program"]
+    loans = program.get("loans_while_running")
+    assert loans is not None, f"holdingpen status failed: {program.get('status_while_running')}"
     assert [(loan["user"], loan["kind"], loan["size"], loan["fd"]) for loan in loans] == [
         ("alice", "memory", LOAN_BYTES, name == "gatekeeper-fd")]
     assert scenario(machine, name)["program"]["from_fd"] == (name == "gatekeeper-fd")
@@ -97,6 +99,6 @@ def test_loan_returned_after_the_program(machine, name, figure):
     run = scenario(machine, name)
     status = run["status_after"]
     figure(f"{name}: pool whole {run['pool_whole_after_s']} s after the program exited")
-    assert status is not None, "holdingpen status could not ask the daemon"
+    assert "failed" not in status, f"holdingpen status failed: {status['failed']}"
     assert status["loans"] == []
     assert [(pool["kind"], pool["held"], pool["count"]) for pool in status["pools"]] == [("memory", 1, 1)]

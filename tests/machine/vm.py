@@ -48,6 +48,7 @@ TIER_SCENARIOS = ("loaded", "gatekeeper", "gatekeeper-fd")
 MEMORY_MIB = 3072
 CPUS = 2
 BUILD_TIMEOUT_S = 900
+STALE_IMAGE_S = 24 * 3600
 KVM_DEADLINE_S = 15.0          # a working KVM guest prints its kernel's first line in ~1 s
 BOOTED_MARKER = b"Linux version"
 
@@ -87,8 +88,9 @@ def build_image(cache_dir=CACHE_DIR, packages=IMAGE_PACKAGES, log=print):
     """The cached image for image.sh and packages, built first if need be.
 
     Concurrent runs wait for one another (a lock in cache_dir). A finished
-    image is renamed into place, so a half-built one is never used; images
-    of other keys are removed.
+    image is renamed into place, so a half-built one is never used. Images
+    of other keys unused for a day are removed (not at once: a run of
+    another checkout may be booting one).
 
     Raises:
         VMError: mmdebstrap or mkfs failed or took too long; the message has
@@ -100,9 +102,11 @@ def build_image(cache_dir=CACHE_DIR, packages=IMAGE_PACKAGES, log=print):
     with open(cache_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / "disk.img").exists():
+            os.utime(final)         # in use: see below
             return Image(final, 0.0)
         for old in cache_dir.glob("image-*"):
-            shutil.rmtree(old, ignore_errors=True)
+            if time.time() - old.stat().st_mtime > STALE_IMAGE_S:
+                shutil.rmtree(old, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix="build.", dir=cache_dir))
         log(f"machine tier: building the Debian 12 image {key} (a few minutes, once)")
         started = time.monotonic()

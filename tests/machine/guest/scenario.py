@@ -47,14 +47,19 @@ def vmstat(key):
 
 
 def pool_status():
-    """`holdingpen status --json`, or None if the daemon cannot be asked."""
-    done = subprocess.run(["holdingpen", "status", "--json"], capture_output=True, text=True,
-                          timeout=60)
-    return json.loads(done.stdout) if done.returncode == 0 else None
+    """`holdingpen status --json`; or {"failed": what it said} if the daemon could not be asked."""
+    try:
+        done = subprocess.run(["holdingpen", "status", "--json"], capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        return {"failed": "no answer in 60 s"}
+    if done.returncode != 0:
+        return {"failed": f"exit {done.returncode}: {done.stderr.strip()[-500:]}"}
+    return json.loads(done.stdout)
 
 
 def pool_whole(status):
-    return (status is not None and status["ready"] and not status["loans"]
+    return ("failed" not in status and status["ready"] and not status["loans"]
             and all(p["held"] == p["count"] for p in status["pools"]))
 
 
@@ -93,8 +98,13 @@ def run_program(wrapper):
                             start_new_session=True)
     result = {"argv": argv}
     first = proc.stdout.readline()
-    if first:
-        result["loans_while_running"] = (pool_status() or {}).get("loans") if wrapper else []
+    if first and wrapper:
+        # What `holdingpen status` shows while the program waits; every answer kept, as
+        # a status that fails under pressure is worth knowing too.
+        result["status_while_running"] = [pool_status()]
+        while "failed" in result["status_while_running"][-1] and len(result["status_while_running"]) < 3:
+            result["status_while_running"].append(pool_status())
+        result["loans_while_running"] = result["status_while_running"][-1].get("loans")
     try:
         out, err = proc.communicate(timeout=PROGRAM_TIMEOUT_S)
     except subprocess.TimeoutExpired:
