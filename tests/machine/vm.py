@@ -36,9 +36,14 @@ CACHE_DIR = Path("/var/cache/holdingpen-tests")
 IMAGE_SCRIPT = HERE / "image.sh"
 GUEST_DIR = HERE / "guest"
 # What the image holds. Not holdingpen's libraries (python3-psutil,
-# python3-systemd, python3-jeepney): the install must bring them.
+# python3-systemd, python3-jeepney): the install must bring them. libpam-systemd
+# so that users' logins are logind sessions, as at a workstation. The package's
+# build dependencies are in the image, so that the install does not fetch and
+# unpack them on an emulated CPU in every run (the image is cached).
 IMAGE_PACKAGES = ("systemd", "systemd-sysv", "udev", "linux-image-amd64", "python3",
-                  "polkitd", "dbus", "procps", "util-linux")
+                  "polkitd", "dbus", "libpam-systemd", "procps", "util-linux",
+                  "dpkg-dev", "debhelper", "dh-python", "pybuild-plugin-pyproject",
+                  "python3-all", "python3-setuptools")
 HOST_TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
               "mmdebstrap": "mmdebstrap", "git": "git"}
 # guest/scenario.py's scenarios the tests assert on, in one boot: "loaded" (the

@@ -48,7 +48,10 @@ def main():
     for offset in range(0, size_bytes, len(block)):
         view[offset:offset + len(block)] = block
     fill_s = time.monotonic() - started
-    print(json.dumps({"filled": True, "fill_s": fill_s, "pid": os.getpid()}), flush=True)
+    with open("/proc/self/cgroup") as f:
+        cgroup = f.read().strip()       # where a protected loan's units are
+    print(json.dumps({"filled": True, "fill_s": fill_s, "pid": os.getpid(), "cgroup": cgroup}),
+          flush=True)
 
     time.sleep(wait_s)
     # Measured before the re-read faults anything back in. VmSwap counts only
@@ -60,7 +63,7 @@ def main():
     intact_pages = bytes(view[::PAGE_BYTES]).count(0x5a)   # one byte of every page
     reread_s = time.monotonic() - started
     print(json.dumps({"fill_s": fill_s, "reread_s": reread_s, "vm_swap_kib": vm_swap_kib,
-                      "swap_kib": swap_kib, "from_fd": from_fd,
+                      "swap_kib": swap_kib, "from_fd": from_fd, "cgroup": cgroup,
                       "pages": pages, "intact_pages": intact_pages}), flush=True)
 
 

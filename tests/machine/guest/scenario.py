@@ -16,6 +16,7 @@ says what it saw. The host asserts; this script only measures.
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,8 +34,9 @@ UNITS = ["holdingpen.socket", "holdingpen.service"]
 
 
 def as_user(user, argv):
-    """argv run as user, with that user's groups (setpriv execs: one pid)."""
-    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
+    """argv run as user in a login session of theirs (a logind session scope under
+    user-UID.slice, as a console or ssh login puts it): where a loan's protection goes."""
+    return ["runuser", "-l", user, "-c", "exec " + shlex.join(argv)]
 
 
 def vmstat(key):
