@@ -1,12 +1,15 @@
-"""What tests of every tier share: waiting for something, and reading the daemon's raw reply.
+"""What tests of every tier share: waiting for something, reading the daemon's raw reply,
+and the README's install command.
 
 (The daemon fixture, `pen`, lives in tests/integration/conftest.py, built on
 tests/integration/pen.py.)
 """
 
 import os
+import re
 import socket
 import time
+from pathlib import Path
 
 
 def wait_until(predicate, what, timeout_s=20.0, poll_s=0.005):
@@ -46,3 +49,25 @@ def read_reply(sock, timeout_s=30.0, fds=None):
             break
         data += more
     return data
+
+
+# The install line of a README code block, e.g. "$ sudo python3 -m holdingpen.install".
+_INSTALL_LINE = re.compile(r"^\s*(?:\$\s+)?sudo\s+(python3 -m holdingpen\.install)\s*(?:#.*)?$")
+
+
+def readme_install_command(readme):
+    """The install command from README.md's code blocks, without its "sudo".
+
+    The system and machine tiers run it as root, where a minimal Debian has no sudo.
+
+    Raises:
+        LookupError: README.md has no such line in a code block.
+    """
+    in_code = False
+    for line in Path(readme).read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif in_code and (match := _INSTALL_LINE.match(line)):
+            return match.group(1)
+    raise LookupError(f"{readme} has no 'sudo python3 -m holdingpen.install' line in a code "
+                      "block; the system and machine tests install exactly the way the README says")

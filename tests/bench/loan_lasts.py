@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "machine"))
+sys.path.insert(0, str(REPO / "tests"))      # helpers, which vm imports
 
 import vm  # noqa: E402
 

@@ -44,6 +44,7 @@ import time
 from benchlib import REPO, median, percentile, report
 
 sys.path.insert(0, str(REPO / "tests" / "system"))
+sys.path.insert(0, str(REPO / "tests"))      # helpers, which conftest imports
 from conftest import (BORROWERS, SRC_IN_CONTAINER, USERS,  # noqa: E402
                       readme_install_command)
 from nspawn import Container, sweep_stale  # noqa: E402

@@ -23,13 +23,14 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers import readme_install_command
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = Path("/var/cache/holdingpen-tests")
@@ -130,25 +131,8 @@ def build_image(cache_dir=CACHE_DIR, packages=IMAGE_PACKAGES, log=print):
         return Image(final, time.monotonic() - started)
 
 
-# The install line of a README code block, e.g. "$ sudo python3 -m holdingpen.install";
-# the same rule as the system tier's.
-_INSTALL_LINE = re.compile(r"^\s*(?:\$\s+)?sudo\s+(python3 -m holdingpen\.install)\s*(?:#.*)?$")
 
 
-def readme_install_command(readme):
-    """The install command from README.md's code blocks, without its "sudo" (the job runs as root).
-
-    Raises:
-        LookupError: README.md has no such line in a code block.
-    """
-    in_code = False
-    for line in Path(readme).read_text().splitlines():
-        if line.lstrip().startswith("```"):
-            in_code = not in_code
-        elif in_code and (match := _INSTALL_LINE.match(line)):
-            return match.group(1)
-    raise LookupError(f"{readme} has no 'sudo python3 -m holdingpen.install' line in a code "
-                      "block; the machine tests install exactly the way the README says")
 
 
 def tracked_files(checkout):

@@ -6,12 +6,12 @@ stop their background jobs and restore any file they remove.
 """
 
 import os
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from helpers import readme_install_command  # noqa: F401  (test_polkit_system and the benchmarks take it from here)
 from nspawn import Container, sweep_stale
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -27,8 +27,6 @@ BORROWERS = ("alice",)
 CONFIG_DIR = "/etc/holdingpen"
 INSTALL_TIMEOUT_S = 600    # the build and apt, on a loaded 2-core machine
 
-# The install line of a README code block, e.g. "$ sudo python3 -m holdingpen.install".
-_INSTALL_LINE = re.compile(r"^\s*(?:\$\s+)?sudo\s+(python3 -m holdingpen\.install)\s*(?:#.*)?$")
 
 
 def platform_problem():
@@ -40,22 +38,6 @@ def platform_problem():
     return None
 
 
-def readme_install_command(readme):
-    """The install command from README.md's code blocks, without its "sudo".
-
-    We run it as root in the container, which has no sudo.
-
-    Raises:
-        LookupError: README.md has no such line in a code block.
-    """
-    in_code = False
-    for line in readme.read_text().splitlines():
-        if line.lstrip().startswith("```"):
-            in_code = not in_code
-        elif in_code and (match := _INSTALL_LINE.match(line)):
-            return match.group(1)
-    raise LookupError(f"{readme} has no 'sudo python3 -m holdingpen.install' line in a code "
-                      "block; the system tests install exactly the way the README says")
 
 
 def install_from_readme(container, checkout=SRC_IN_CONTAINER, check=True):
