@@ -244,8 +244,8 @@ class Daemon:
              for c in self.conns.values() if c.loan is not None and c.units])
 
     def _protected(self, generation, result):
-        keys = {c.loan[1] for c in self.conns.values() if c.loan is not None}
-        for conn, reply in self.protecting.done(generation, result, keys):
+        peers = {c.loan[1]: c.peer for c in self.conns.values() if c.loan is not None}
+        for conn, reply in self.protecting.done(generation, result, peers):
             if not conn.closed:    # else its reservation went back to the pool (ended())
                 self.lending.release(conn)
                 self._send(conn, reply)

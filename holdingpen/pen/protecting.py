@@ -35,6 +35,7 @@ class Protecting:
         self.done_generation = 0
         self.held = []             # (generation, conn, reply): borrowers waiting to hear
         self.why_not = {}          # loan key -> why its memory is not protected
+        self.since = {}            # loan key -> the generation that first asked for it
 
     @property
     def on(self):
@@ -63,22 +64,27 @@ class Protecting:
         if self.worker is None:
             return 0
         self.generation += 1
-        self.worker.want(self.generation, protect.borrowers_of(loans))
+        borrowers = protect.borrowers_of(loans)
+        self.since = {b.key: self.since.get(b.key, self.generation) for b in borrowers}
+        self.worker.want(self.generation, borrowers)
         return self.generation
 
     def hold(self, generation, conn, reply):
         """conn hears reply once the protection of generation is done."""
         self.held.append((generation, conn, reply))
 
-    def done(self, generation, result, keys):
-        """A result of the protect thread, for live loans keys. Returns [(conn, reply)]
-        now free to hear, their loans protected or told why not."""
+    def done(self, generation, result, peers):
+        """A result of the protect thread; peers is {loan key: peer.Peer} of the live
+        loans. Returns [(conn, reply)] now free to hear, their loans protected or
+        journalled why not."""
         self.done_generation = max(self.done_generation, generation)
         told = set(self.why_not.items())
-        self.why_not = {key: why for key, why in result.unprotected.items() if key in keys}
+        self.why_not = {key: why for key, why in result.unprotected.items() if key in peers}
         for key, why in self.why_not.items():
-            if (key, why) not in told:
-                self.events("unprotected", f"{key} is not protected: {why}")
+            if (key, why) not in told:     # said once, not again at every lend and return
+                peer = peers[key]
+                self.events("unprotected", f"{peer.user}'s loan ({peer.comm}, pid {peer.pid}) "
+                            f"is not protected: {why}", peer=peer)
         for why in result.errors:
             self.events("unprotected", f"protecting loans: {why}")
         ready = [(conn, reply) for gen, conn, reply in self.held if gen <= generation]
@@ -95,8 +101,8 @@ class Protecting:
             why = "its borrower is in no unit of a user's (see the journal)"
         elif key in self.why_not:
             why = self.why_not[key]
-        elif any(conn.loan and conn.loan[1] == key for _, conn, _ in self.held):
-            why = WAITING
+        elif self.since.get(key, 0) > self.done_generation:
+            why = WAITING          # asked, no answer yet (a loan lent with --fd does not wait)
         else:
             why = None
         return {"protected_units": list(chain) if why is None else [], "unprotected": why}
