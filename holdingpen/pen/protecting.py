@@ -105,7 +105,8 @@ class Protecting:
             why = WAITING          # asked, no answer yet (a loan lent with --fd does not wait)
         else:
             why = None
-        return {"protected_units": list(chain) if why is None else [], "unprotected": why}
+        return {"protected_units": list(chain) if why is None else [], "unprotected": why,
+                "protected": why is None}      # for metrics.py's holdingpen_loan_protected
 
     def protected_units(self, key, chain):
         """The units a loan protects now, as its `lent` entry says (empty if none)."""

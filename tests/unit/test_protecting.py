@@ -52,7 +52,8 @@ def alice():
      ([], "its borrower is in no unit of a user's (see the journal)")),
 ])
 def test_status_of(p, key, chain, kind, shown):
-    assert p.status_of(key, chain, kind) == {"protected_units": shown[0], "unprotected": shown[1]}
+    assert p.status_of(key, chain, kind) == {"protected_units": shown[0], "unprotected": shown[1],
+                                             "protected": shown[1] is None}
 
 
 def test_a_loan_asked_for_but_not_answered_is_being_protected():
