@@ -199,7 +199,7 @@ class Daemon:
             conn.close_when_sent = True
             return self._send(conn, protocol.status_reply(
                 self.policy.ready, self.policy.snapshots(),
-                self.policy.status_loans(conn.peer.uid, self._protection_of)))
+                self.policy.status_loans(conn.peer.uid, self._protection_of())))
         self._borrow(conn, request)
 
     def _borrow(self, conn, request):
@@ -250,10 +250,14 @@ class Daemon:
                 self.lending.release(conn)
                 self._send(conn, reply)
 
-    def _protection_of(self, loan_id, kind):
-        conn = next((c for c in self.conns.values() if c.loan and c.loan[0] == loan_id), None)
-        return self.protecting.status_of(conn.loan[1] if conn else None,
-                                         conn.units if conn else None, kind)
+    def _protection_of(self):
+        """protection(loan_id, kind): what status shows of each loan's protection."""
+        by_id = {c.loan[0]: c for c in self.conns.values() if c.loan is not None}
+
+        def protection(loan_id, kind):
+            conn = by_id.get(loan_id)
+            return self.protecting.status_of(conn and conn.loan[1], conn and conn.units, kind)
+        return protection
 
     def _note_limited(self, peer, message, kind=None):
         message = self.notes.note(peer.uid, time.monotonic(), message)
