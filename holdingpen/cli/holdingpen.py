@@ -132,8 +132,31 @@ def serve(opts):
     log = events.default_events()
     authorize = Authorizer(users=cfg.authorize["users"], groups=cfg.authorize["groups"],
                            events=log, source=cfg.source)
-    daemon.Daemon(cfg, opts["config"], listener, notify, log, store, authorize=authorize).run()
+    daemon.Daemon(cfg, opts["config"], listener, notify, log, store, authorize=authorize,
+                  protecting=_protecting(log)).run()
     return 0
+
+
+PROTECT_ANYWAY_ENV = "HOLDINGPEN_PROTECT_ANYWAY"   # "1": skip the cgroup v2 check (for tests)
+
+
+def _protecting(log, environ=os.environ):
+    """Protected loans when systemd runs us on a machine that can protect memory.
+
+    Run by hand, the daemon's units are nobody's to change: loans are not protected.
+    PROTECT_ANYWAY_ENV=1 sets the units even without a cgroup v2 memory controller,
+    where systemd records MemoryMin= but the kernel cannot apply it: for tests only.
+    """
+    from holdingpen.pen import protect
+    from holdingpen.pen.protecting import Protecting
+    if not environ.get("INVOCATION_ID"):
+        return Protecting(None, "the daemon was not started by systemd", log)
+    why = protect.unavailable_reason()
+    if why is not None and environ.get(PROTECT_ANYWAY_ENV) != "1":
+        log("unprotected", f"loans are not protected: {why}")
+        return Protecting(None, why, log)
+    protection = protect.Protection(protect.SystemdUnits(), protect.STATE_PATH)
+    return Protecting(protection, None, log, job_type=protect.SystemdUnits().job_type)
 
 
 def _systemd():
@@ -217,11 +240,20 @@ def describe(reply, now):
         lines.append("(still filling the pool)")
     loans = reply.get("loans", [])
     if loans:
-        rows = [("USER", "UID", "PID", "COMMAND", "KIND", "SIZE", "SINCE")]
+        rows = [("USER", "UID", "PID", "COMMAND", "KIND", "SIZE", "SINCE", "PROTECTED")]
         rows += [(r["user"], str(r["uid"]), str(r["pid"]), r["command"] or "-",
                   r["kind"] + (" (fd)" if r.get("fd") else ""), format_size(r["size"]),
-                  text.age(now - r["since"])) for r in loans]
+                  text.age(now - r["since"]), _protected(r)) for r in loans]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines.append("")
         lines += ["  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _protected(loan):
+    """The unit holding a loan's borrower, whose memory (and its slices') is
+    protected; "no" if not (the journal and --json say why), "-" if the daemon
+    does not say (an older one)."""
+    if "protected_units" not in loan:
+        return "-"
+    return loan["protected_units"][-1] if loan["protected_units"] else "no"

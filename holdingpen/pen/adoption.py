@@ -79,6 +79,7 @@ def _loan(daemon, name, fd, pool_name, facts):
     daemon.stock.release(released)
     conn = Conn(sock, peer, None)
     conn.loan = (loan_id, name)
+    conn.units = tuple(facts["units"]) if facts.get("units") else None   # protected still
     daemon.conns[sock.fileno()] = conn
     daemon.sel.register(sock, selectors.EVENT_READ, daemon._readable)
     return conn

@@ -22,7 +22,8 @@ class Conn:
     """
 
     __slots__ = ("sock", "peer", "reader", "outbox", "outbox_fds", "deadline", "loan",
-                 "chunk", "answered", "close_when_sent", "counted", "checking", "closed")
+                 "chunk", "answered", "close_when_sent", "counted", "checking", "closed",
+                 "units", "waiting")
 
     def __init__(self, sock, peer, deadline):
         self.sock, self.peer, self.deadline = sock, peer, deadline
@@ -36,6 +37,8 @@ class Conn:
         self.counted = False         # in the per-user connection count
         self.checking = False        # its borrow is with authorize() on the asker thread
         self.closed = False
+        self.units = None            # the systemd units its memory loan protects, if any
+        self.waiting = False         # its reply waits for that protection (chunk still ours)
 
     def receive(self):
         """Read what the client sent.

@@ -7,7 +7,8 @@ connections and a wake-up pipe (signals and the other threads write to it).
 A second thread makes reservations, one at a time: allocating gigabytes
 takes a while and must not stall clients. A third asks whether each borrow
 is allowed: polkit takes milliseconds, and a hung polkitd must not stall the
-loop until the watchdog kills it (workers.py has both). Only the loop thread
+loop until the watchdog kills it (workers.py has both). A fourth, where loans
+are protected, sets the borrowers' systemd units (protecting.py). Only the loop thread
 touches the policy (policy.py over pool.py), whose rules decide; this module
 carries their decisions out, and tells systemd (sd_notify) and the journal
 (events.py).
@@ -33,6 +34,7 @@ from holdingpen.pen.lending import Lending
 from holdingpen.pen.notifier import Notifier
 from holdingpen.pen.peer import allow_connected, peer_of
 from holdingpen.pen.policy import Policy, Refused, RefusalNotes
+from holdingpen.pen.protecting import Protecting
 from holdingpen.pen.ratelimit import Limits
 from holdingpen.pen.stock import Stock
 
@@ -56,11 +58,12 @@ class Daemon:
         proc: where procfs is mounted.
         environ: WATCHDOG_USEC, WATCHDOG_PID and LOCK_MEMORY_ENV come from here.
         send_fds: socket.send_fds, or a stand-in that sends less.
+        protecting: protecting.Protecting, or None: loans are not protected.
     """
 
     def __init__(self, cfg, config_path, listener, notify, events, store,
                  authorize=allow_connected, proc="/proc", environ=os.environ,
-                 send_fds=socket.send_fds):
+                 send_fds=socket.send_fds, protecting=None):
         self.config_path, self.listener, self.notify = config_path, listener, notify
         self.events, self.store, self.authorize, self.proc = events, store, authorize, proc
         self.send_fds = send_fds
@@ -78,7 +81,9 @@ class Daemon:
         self.workers = workers.Workers(authorize, self.lock_memory)
         self.stock = Stock(self.policy, store, events, notify, self.workers, proc)
         self.notifier = Notifier(notify, environ)
-        self.lending = Lending(self.policy, store, events, self.stock, proc)
+        self.protecting = protecting or Protecting(None, "the daemon was started without it",
+                                                   events, proc)
+        self.lending = Lending(self.policy, store, events, self.stock, proc, self.protecting)
         self.commands_at = 0.0
 
     # ---- the loop ----
@@ -91,7 +96,10 @@ class Daemon:
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
         self.sel.register(self.workers.wake_r, selectors.EVENT_READ, self._woken)
+        self.protecting.start(lambda generation, result:
+                              self.workers.tell("protected", generation, result))
         adoption.adopt(self)
+        self._want_protection()    # what the last daemon protected, less what ended since
         self.events("started", f"started with {self.policy.status_line()}")
         while not self.stopping:
             now = time.monotonic()
@@ -109,6 +117,7 @@ class Daemon:
         self.events("stopping", "holdingpen stopping; if systemd restarts it, reservations and "
                     "loans wait in its store, but a stop frees them")
         self.workers.stop()
+        self.protecting.finish()
         if self.workers.failed_for_good():
             raise SystemExit(f"holdingpen: {self.workers.failed_for_good()}")
 
@@ -131,6 +140,8 @@ class Daemon:
                 self.stock.reservation_done(*result)
             elif what == "authorized":
                 self._authorized(*result)
+            elif what == "protected":
+                self._protected(*result)
             else:                      # "failed": a worker's own trouble, told once
                 self.events("failed", result[0])
 
@@ -187,7 +198,8 @@ class Daemon:
         if request.action == protocol.STATUS:
             conn.close_when_sent = True
             return self._send(conn, protocol.status_reply(
-                self.policy.ready, self.policy.snapshots(), self.policy.status_loans(conn.peer.uid)))
+                self.policy.ready, self.policy.snapshots(),
+                self.policy.status_loans(conn.peer.uid, self._protection_of())))
         self._borrow(conn, request)
 
     def _borrow(self, conn, request):
@@ -218,7 +230,34 @@ class Daemon:
             reply, fds = self.lending.lend(conn, pool_name, request)
         except Refused as e:
             return self._fail(conn, e.code, e.message)
+        generation = self._want_protection() if conn.units else 0
+        if conn.waiting:
+            return self.protecting.hold(generation, conn, reply)
         self._send(conn, reply, fds)
+
+    # ---- protected loans ----
+
+    def _want_protection(self):
+        """Ask the protect thread for every live memory loan's protection; its generation."""
+        return self.protecting.want(
+            [(c.loan[1], c.units, self.policy.loan(c.loan[0]).size_bytes)
+             for c in self.conns.values() if c.loan is not None and c.units])
+
+    def _protected(self, generation, result):
+        peers = {c.loan[1]: c.peer for c in self.conns.values() if c.loan is not None}
+        for conn, reply in self.protecting.done(generation, result, peers):
+            if not conn.closed:    # else its reservation went back to the pool (ended())
+                self.lending.release(conn)
+                self._send(conn, reply)
+
+    def _protection_of(self):
+        """protection(loan_id, kind): what status shows of each loan's protection."""
+        by_id = {c.loan[0]: c for c in self.conns.values() if c.loan is not None}
+
+        def protection(loan_id, kind):
+            conn = by_id.get(loan_id)
+            return self.protecting.status_of(conn and conn.loan[1], conn and conn.units, kind)
+        return protection
 
     def _note_limited(self, peer, message, kind=None):
         message = self.notes.note(peer.uid, time.monotonic(), message)
@@ -261,6 +300,8 @@ class Daemon:
         if conn.counted:
             self.per_user.disconnect(conn.peer.uid)
         self.lending.ended(conn)
+        if conn.units:
+            self._want_protection()    # its units go back to what they were
 
     def _expire(self, now):
         for conn in list(self.conns.values()):

@@ -25,8 +25,10 @@ MESSAGE_IDS = {
     "no-polkit": "99584241727946aaa228cbdd19a4cd7b",
     "stopping": "217d6210a9ac4324990ac24ea52588d5",
     "failed": "391c549d86644a5a905000413068337e",     # a worker thread's own trouble
+    "unprotected": "5787483123344d5c8eb6c780dd9fae01",  # a loan's memory is not protected
 }
-PRIORITY = {"shortfall": 4, "config-refused": 3, "refused": 5, "bad-client": 5, "failed": 3}   # syslog levels
+PRIORITY = {"shortfall": 4, "config-refused": 3, "refused": 5, "bad-client": 5, "failed": 3,
+            "unprotected": 4}   # syslog levels
 _INFO = 6
 
 

@@ -7,6 +7,10 @@ answers what is unanswered (adoption.py). A reservation lent as a descriptor
 stays with the connection until it has gone out with the reply (if the
 client goes first, it is held again), and after that its locked mapping
 stays for as long as the loan (memory where there is swap).
+
+A memory loan made while loans are protected (protecting.py) records the
+borrower's units with the loan; without a descriptor its reservation is
+kept, and the reply held, until they are protected (release()).
 """
 
 import time
@@ -17,13 +21,16 @@ from holdingpen.pen.sizes import format_size
 
 
 class Lending:
-    """Args: policy (policy.Policy), store (fdstore), events, stock (stock.Stock), proc."""
+    """Args: policy (policy.Policy), store (fdstore), events, stock (stock.Stock), proc,
+    protecting (protecting.Protecting)."""
 
-    def __init__(self, policy, store, events, stock, proc):
+    def __init__(self, policy, store, events, stock, proc, protecting):
         self.policy, self.store, self.events, self.stock, self.proc = policy, store, events, stock, proc
+        self.protecting = protecting
 
     def lend(self, conn, pool_name, request):
-        """Lend from pool_name to conn. Returns (reply, descriptors to send with it).
+        """Lend from pool_name to conn. Returns (reply, descriptors to send with it);
+        conn.waiting says the reply must wait for the loan's protection (release()).
 
         Raises:
             policy.Refused: nothing to lend (or no such pool any more).
@@ -34,15 +41,28 @@ class Lending:
         self.store.remove(chunk.store_name)
         store_name = self.store.new_name("loan")
         conn.loan, conn.answered = (loan_id, store_name), False
+        conn.units = self.protecting.chain_for(peer, self.policy.spec(pool_name).kind)
         self.store.add(store_name, conn.sock.fileno(),
-                       {"pool": pool_name, **loan.as_dict(), "answered": False})
+                       {"pool": pool_name, **loan.as_dict(), "answered": False,
+                        "units": list(conn.units) if conn.units else None})
         reply = protocol.borrow_reply(pool_name, chunk.size_bytes, request.fd)
         if request.fd:
             conn.chunk = chunk     # journalled once handed over (answered())
             return reply, [chunk.fd]
+        if conn.units:
+            conn.chunk, conn.waiting = chunk, True   # freed once its units are protected
+            return reply, []
         chunk.close()              # the memory is free before the client hears so
         self._journal_lent(conn)
         return reply, []
+
+    def release(self, conn):
+        """conn's loan is protected (or journalled why not): free its reservation, so
+        that the client may now hear so."""
+        conn.waiting = False
+        conn.chunk.close()
+        conn.chunk = None
+        self._journal_lent(conn)
 
     def answered(self, conn):
         """What was queued for conn went out, or at least its descriptors did."""
@@ -60,7 +80,7 @@ class Lending:
             return
         loan_id, store_name = conn.loan
         self.store.remove(store_name)
-        if conn.fds_pending():     # it went away mid hand-off: the chunk is still ours
+        if conn.fds_pending() or conn.waiting:   # gone before it had it: the chunk is ours
             pool_name = self.policy.pool_name_of(loan_id)
             self.policy.undo_lend(loan_id, conn.chunk)
             return self.stock.keep(pool_name, conn.chunk)
@@ -83,7 +103,10 @@ class Lending:
     def _journal_lent(self, conn):
         pool_name = self.policy.pool_name_of(conn.loan[0])
         loan, peer = self.policy.loan(conn.loan[0]), conn.peer
+        units = self.protecting.protected_units(conn.loan[1], conn.units)
         self.events("lent", f"lent {format_size(loan.size_bytes)} of {pool_name} to "
                     f"{peer.user} ({peer.comm}, pid {peer.pid})"
-                    + (", as a descriptor" if loan.handed_fd else ""),
-                    kind=pool_name, size_bytes=loan.size_bytes, peer=peer)
+                    + (", as a descriptor" if loan.handed_fd else "")
+                    + (f"; protecting {', '.join(units)}" if units else ""),
+                    kind=pool_name, size_bytes=loan.size_bytes, peer=peer,
+                    **({"protected_units": " ".join(units)} if units else {}))

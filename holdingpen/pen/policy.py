@@ -258,13 +258,15 @@ class Policy:
 
     # ---- what people see ----
 
-    def status_loans(self, uid):
+    def status_loans(self, uid, protection=None):
         """The loans as `holdingpen status` lists them for uid: other users'
-        commands are shown to root only."""
+        commands are shown to root only. protection(loan_id, kind), if given,
+        adds its keys to each ("protected_units", "unprotected")."""
         return [{"kind": name, "user": loan.user, "uid": loan.uid, "pid": loan.pid,
                  "command": loan.command if uid in (0, loan.uid) else None,
-                 "since": loan.since, "size": loan.size_bytes, "fd": loan.handed_fd}
-                for _, name, loan in self.loans()]
+                 "since": loan.since, "size": loan.size_bytes, "fd": loan.handed_fd,
+                 **(protection(loan_id, self.pools[name].spec.kind) if protection else {})}
+                for loan_id, name, loan in self.loans()]
 
     def snapshots(self):
         return [pool.snapshot() for pool in self.pools.values()]

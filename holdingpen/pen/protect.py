@@ -22,13 +22,13 @@ import threading
 from collections import namedtuple
 from pathlib import Path
 
-from .protection import (Borrower, NotProtectable, cgroup_path, chain_of, plan,
+from .protection import (Borrower, NotProtectable, borrowers_of, cgroup_path, chain_of, plan,
                          properties_of, units_without_base, wanted_settings)
 from .systemd_units import Gone, NoAnswer, SystemdError, SystemdUnits
 
 # What the daemon needs, all from here.
 __all__ = ["Borrower", "NotProtectable", "Protection", "ProtectionWorker", "Result",
-           "SystemdUnits", "SystemdError", "chain_of_pid", "unavailable_reason"]
+           "SystemdUnits", "SystemdError", "borrowers_of", "chain_of_pid", "unavailable_reason"]
 
 STATE_PATH = "/run/holdingpen/protection.json"
 

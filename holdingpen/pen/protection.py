@@ -150,3 +150,15 @@ def _depth(unit):
     if unit.endswith(".slice"):
         return unit.count("-")
     return 1 << 16
+
+
+def borrowers_of(loans):
+    """The Borrowers to protect: the loans whose borrower's units are known.
+
+    Args:
+        loans: [(key, chain or None, size_bytes)], one per live memory loan; the
+            chain is None where the borrower is in no unit we may protect.
+    Returns:
+        [Borrower], in the order given.
+    """
+    return [Borrower(key, tuple(chain), size_bytes) for key, chain, size_bytes in loans if chain]

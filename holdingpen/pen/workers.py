@@ -56,6 +56,10 @@ class Workers:
     def ask(self, job):
         self._asks.put(job)
 
+    def tell(self, *result):
+        """Hand the loop a result from another thread (the protect thread), and wake it."""
+        self._put(*result)
+
     def results(self):
         """What the threads have finished since last asked (on the loop thread)."""
         try:

@@ -185,9 +185,10 @@ def test_status_text(pen):
         assert lines[0] == "memory: 3/4 held, 1 lent, 64 MiB each"
         assert lines[1] == f"disk:{pen.disk}: 2/2 held, 0 lent, 64 MiB each"
         header, row = lines[3].split(), lines[4].split()
-        assert header == ["USER", "UID", "PID", "COMMAND", "KIND", "SIZE", "SINCE"]
+        assert header == ["USER", "UID", "PID", "COMMAND", "KIND", "SIZE", "SINCE", "PROTECTED"]
         assert row[:7] == [os.environ.get("USER", "root"), str(os.getuid()), str(job.pid),
                            row[3], "memory", "64", "MiB"]
+        assert row[-1] == "no"     # run by hand: nobody's units to change
     finally:
         release(job)
 

@@ -9,6 +9,7 @@ systemd was told (systemctl show), not its effect on memory.
 """
 
 import json
+import re
 
 import pytest
 
@@ -227,3 +228,146 @@ def test_a_stopping_service_tells_stop_from_restart(ct):
         assert job_type() == "stop"
     finally:
         ct.run(["systemctl", "stop", unit], check=False)
+
+
+# ---- the daemon protects its loans (HOLDINGPEN_PROTECT_ANYWAY: the container's
+# cgroups are hybrid, so only what systemd records can be seen, not its effect) ----
+
+SERVICE = "holdingpen.service"
+DROPIN = f"/run/systemd/system/{SERVICE}.d/protect-anyway.conf"
+CHAIN = ("user.slice", "user-2000.slice")    # and alice's session scope
+
+
+def restart_empty(ct):
+    """A stop (emptying the store) and a start, whatever the start counter says."""
+    ct.run(["systemctl", "stop", SERVICE])
+    ct.run(["systemctl", "reset-failed", SERVICE])
+    ct.run(["systemctl", "start", SERVICE])
+
+
+def status_json(ct):
+    return json.loads(ct.run(["holdingpen", "status", "--json"], user="carol").stdout)
+
+
+@pytest.fixture
+def protecting(ct):
+    """The installed daemon, told to protect loans even on hybrid cgroups."""
+    ct.path(DROPIN).parent.mkdir(parents=True, exist_ok=True)
+    ct.path(DROPIN).write_text("[Service]\nEnvironment=HOLDINGPEN_PROTECT_ANYWAY=1\n")
+    ct.run(["systemctl", "daemon-reload"])
+    restart_empty(ct)
+    yield
+    ct.path(DROPIN).unlink()
+    ct.run(["systemctl", "daemon-reload"])
+    restart_empty(ct)
+
+
+@pytest.fixture
+def borrower(ct):
+    """alice's gatekeeper in a login session of hers, holding its loan:
+    (job, its session scope, the loan's size)."""
+    job = ct.popen(["runuser", "-l", "alice", "-c",
+                    "gatekeeper --strict sh -c 'echo holding; read _; exit 3'"])
+    try:
+        assert job.read_line(timeout_s=30) == "holding"
+        [loan] = status_json(ct)["loans"]
+        cgroup = ct.path(f"/proc/{loan['pid']}/cgroup").read_text().strip()
+        scope = cgroup.rsplit("/", 1)[1]
+        assert scope.startswith("session-"), cgroup
+        yield job, scope, loan["size"]
+    finally:
+        job.stop()
+
+
+def memory_min(ct, units):
+    return {unit: settings(ct, unit)["MemoryMin"] for unit in units}
+
+
+def assert_protected(ct, scope, size_bytes):
+    units = (*CHAIN, scope)
+    assert memory_min(ct, units) == {unit: str(size_bytes) for unit in units}
+    assert settings(ct, scope)["ManagedOOMPreference"] == "avoid"
+    [loan] = status_json(ct)["loans"]
+    assert (loan["protected_units"], loan["unprotected"]) == ([*units], None)
+
+
+def wait_put_back(ct, scope):
+    units = (*CHAIN, scope)
+    wait_for("the protection put back", lambda: memory_min(ct, units),
+             lambda now: now == {unit: "0" for unit in units})
+
+
+@pytest.mark.usefixtures("protecting")
+def test_a_loan_is_protected_before_the_borrower_hears_and_until_it_ends(ct, borrower):
+    job, scope, size_bytes = borrower
+    # Read at once, no waiting: CMD ran only after the reply, which waited for this.
+    assert_protected(ct, scope, size_bytes)
+    lent = ct_journal(ct, "HOLDINGPEN_EVENT=lent")[-1]
+    assert lent["HOLDINGPEN_PROTECTED_UNITS"] == " ".join((*CHAIN, scope))
+    assert job.finish()[0] == 3
+    wait_put_back(ct, scope)
+    assert settings(ct, scope)["ManagedOOMPreference"] == "none"
+
+
+@pytest.mark.usefixtures("protecting")
+@pytest.mark.parametrize("how", [["systemctl", "restart", SERVICE],
+                                 ["systemctl", "kill", "-s", "KILL", SERVICE]],
+                         ids=["restart", "kill-KILL"])
+def test_a_restart_or_a_kill_keeps_the_protection_until_the_loan_ends(ct, borrower, how):
+    job, scope, size_bytes = borrower
+    old_pid = settings_of_service(ct)["MainPID"]
+    ct.run(how)
+    wait_for("a new main process, ready", lambda: settings_of_service(ct),
+             lambda now: now["MainPID"] not in ("0", old_pid)
+             and (now["ActiveState"], now["SubState"]) == ("active", "running"))
+    # The new daemon adopted the loan, and its protection with it.
+    wait_for("the adopted loan protected", lambda: status_json(ct)["loans"],
+             lambda loans: len(loans) == 1 and loans[0]["unprotected"] is None)
+    assert_protected(ct, scope, size_bytes)
+    assert job.finish()[0] == 3
+    wait_put_back(ct, scope)
+
+
+@pytest.mark.usefixtures("protecting")
+def test_a_stop_puts_everything_back(ct, borrower):
+    job, scope, size_bytes = borrower
+    assert_protected(ct, scope, size_bytes)
+    ct.run(["systemctl", "stop", SERVICE])
+    assert memory_min(ct, (*CHAIN, scope)) == {unit: "0" for unit in (*CHAIN, scope)}
+    assert settings(ct, scope)["ActiveState"] == "active"    # nothing killed
+
+
+def test_without_the_seam_the_daemon_says_once_why_loans_are_not_protected(ct):
+    restart_empty(ct)
+    pid = settings_of_service(ct)["MainPID"]
+    said = [e["MESSAGE"] for e in ct_journal(ct, "HOLDINGPEN_EVENT=unprotected", f"_PID={pid}")]
+    assert len(said) == 1 and "is not a cgroup v2 hierarchy" in said[0], said
+    job = ct.popen(["runuser", "-l", "alice", "-c",
+                    "gatekeeper --strict sh -c 'echo holding; read _; exit 3'"])
+    try:
+        assert job.read_line(timeout_s=30) == "holding"
+        [loan] = status_json(ct)["loans"]
+        assert loan["protected_units"] == [] and "cgroup v2" in loan["unprotected"]
+        assert settings(ct, "user.slice")["MemoryMin"] == "0"
+    finally:
+        job.stop()
+
+
+def test_the_service_is_rated_at_most_0_8(ct):
+    done = ct.run(["systemd-analyze", "security", "--no-pager", SERVICE])
+    match = re.search(rf"Overall exposure level for {re.escape(SERVICE)}: (\d+\.\d+)",
+                      done.stdout)
+    assert match and float(match.group(1)) <= 0.8, done.stdout[-300:]
+
+
+def settings_of_service(ct):
+    out = ct.run(["systemctl", "show", SERVICE, "-pMainPID", "-pActiveState",
+                  "-pSubState"]).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def ct_journal(ct, *matches):
+    ct.run(["journalctl", "--sync"])
+    out = ct.run(["journalctl", "--no-pager", "-q", "-o", "json", "-u", "holdingpen",
+                  *matches]).stdout
+    return [json.loads(line) for line in out.splitlines()]

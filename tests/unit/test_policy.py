@@ -295,3 +295,19 @@ def test_refusal_notes_are_per_user():
     notes = RefusalNotes(quiet_s=10.0)
     assert [notes.note(1000, 0.0, "a"), notes.note(1001, 0.5, "b"), notes.note(1000, 1.0, "c")] \
         == ["a", "b", None]
+
+
+def test_status_adds_each_loans_protection_by_loan_and_kind():
+    policy = filled([memory(1), disk("/var/tmp", 1)])
+    memory_id, _ = policy.lend("memory", a_loan(uid=1000, user="alice"))
+    disk_id, _ = policy.lend("disk:/var/tmp", a_loan(uid=1000, user="alice"))
+    asked = []
+
+    def protection(loan_id, kind):
+        asked.append((loan_id, kind))
+        return {"protected_units": [kind], "unprotected": None}
+    shown = [(loan["kind"], loan["protected_units"])
+             for loan in policy.status_loans(0, protection)]
+    assert shown == [("memory", ["memory"]), ("disk:/var/tmp", ["disk"])]
+    assert asked == [(memory_id, "memory"), (disk_id, "disk")]
+    assert "protected_units" not in policy.status_loans(0)[0]    # as before, unasked

@@ -3,7 +3,7 @@
 import pytest
 
 from holdingpen.pen.protection import (MEMORY_MIN, OOM_PREFERENCE, UNLIMITED, Borrower,
-                                       NotProtectable, cgroup_path, chain_of, plan,
+                                       NotProtectable, borrowers_of, cgroup_path, chain_of, plan,
                                        units_without_base, wanted_settings)
 
 MiB = 1 << 20
@@ -135,3 +135,19 @@ def test_plan(borrowers, bases, changes, kept):
 def test_plan_needs_every_base():
     with pytest.raises(KeyError):
         plan(wanted_settings(ONE), {"user.slice": NONE})
+
+
+# ---- which loans are protected ----
+
+@pytest.mark.parametrize("loans, borrowers", [
+    ([], []),
+    ([("loan.1", SESSION, 64 * MiB)], [Borrower("loan.1", SESSION, 64 * MiB)]),
+    # A list (as systemd's store keeps it) becomes a tuple; the order is kept.
+    ([("loan.2", list(DESKTOP), MiB), ("loan.1", SESSION, 2 * MiB)],
+     [Borrower("loan.2", DESKTOP, MiB), Borrower("loan.1", SESSION, 2 * MiB)]),
+    # In no unit of a user's (chain None), or an empty chain: nothing to protect.
+    ([("loan.1", None, MiB), ("loan.2", (), MiB), ("loan.3", BOB, MiB)],
+     [Borrower("loan.3", BOB, MiB)]),
+])
+def test_borrowers_of(loans, borrowers):
+    assert borrowers_of(loans) == borrowers
