@@ -106,14 +106,13 @@ def check(opts):
 
 
 def serve(opts):
-    from holdingpen.pen import config, daemon, events, fdstore
+    from holdingpen.pen import daemon, events, fdstore
     from holdingpen.pen.authorize import Authorizer
-    try:
-        cfg = config.load(opts["config"])
-    except config.ConfigError as e:
-        sys.stderr.write(f"holdingpen: {e}\n")
-        return exits.CONFIG
     notify, passed = _systemd()
+    cfg, config_error = _configuration(opts["config"], passed)
+    if cfg is None:
+        sys.stderr.write(f"holdingpen: {config_error}\n")
+        return exits.CONFIG
     listener = None
     if not opts["socket"]:
         listener = next((fd for fd in passed if _is_listening(fd)), None)
@@ -128,12 +127,29 @@ def serve(opts):
             sys.stderr.write(f"holdingpen: cannot listen on {path}: {e.strerror}\n")
             return exits.CANTCREAT
     store = fdstore.FdStore(notify, passed) if os.environ.get("NOTIFY_SOCKET") else fdstore.NoStore()
+    if config_error is None:
+        store.keep_config(cfg)
     _raise_descriptor_limit()
     log = events.default_events()
     authorize = Authorizer(users=cfg.authorize["users"], groups=cfg.authorize["groups"],
                            events=log, source=cfg.source)
-    daemon.Daemon(cfg, opts["config"], listener, notify, log, store, authorize=authorize).run()
+    daemon.Daemon(cfg, opts["config"], listener, notify, log, store, authorize=authorize,
+                  config_error=config_error).run()
     return 0
+
+
+def _configuration(path, passed):
+    """(Config, None) from the file; or, the file being bad while systemd's store
+    (passed) holds reservations or loans, (the last good Config, what is wrong):
+    a mistake in the file never costs the pool. (None, what is wrong) when there
+    is nothing to keep: a first start refuses."""
+    from holdingpen.pen import config, fdstore
+    try:
+        return config.load(path), None
+    except config.ConfigError as e:
+        held, good = fdstore.kept(passed)
+        cfg = config.last_good(good) if held and good else None
+        return cfg, str(e)
 
 
 def _systemd():
@@ -196,6 +212,7 @@ def status(opts):
     elif opts["json"]:
         import json
         shown = {k: reply[k] for k in ("ready", "pools", "loans") if k in reply}
+        shown["config_error"] = reply.get("config_error")
         sys.stdout.write(json.dumps(shown, indent=1) + "\n")
     else:
         sys.stdout.write(describe(reply, time.time()))
@@ -205,6 +222,9 @@ def status(opts):
 def describe(reply, now):
     """The status reply as text: one line per pool, then who holds what."""
     lines = []
+    if reply.get("config_error"):
+        lines.append(f"bad configuration, running on the last good one: {reply['config_error']}")
+        lines.append("  mend the file, then: systemctl reload holdingpen")
     for p in reply["pools"]:
         line = (f"{p['name']}: {p['held']}/{p['count']} held, {p['lent']} lent, "
                 f"{format_size(p['size'])} each")

@@ -56,11 +56,13 @@ class Daemon:
         proc: where procfs is mounted.
         environ: WATCHDOG_USEC, WATCHDOG_PID and LOCK_MEMORY_ENV come from here.
         send_fds: socket.send_fds, or a stand-in that sends less.
+        config_error: None; or what is wrong with the file at config_path, cfg
+            being the last good configuration, kept from the last run.
     """
 
     def __init__(self, cfg, config_path, listener, notify, events, store,
                  authorize=allow_connected, proc="/proc", environ=os.environ,
-                 send_fds=socket.send_fds):
+                 send_fds=socket.send_fds, config_error=None):
         self.config_path, self.listener, self.notify = config_path, listener, notify
         self.events, self.store, self.authorize, self.proc = events, store, authorize, proc
         self.send_fds = send_fds
@@ -80,6 +82,7 @@ class Daemon:
         self.notifier = Notifier(notify, environ)
         self.lending = Lending(self.policy, store, events, self.stock, proc)
         self.commands_at = 0.0
+        self._config_bad(config_error)
 
     # ---- the loop ----
 
@@ -93,6 +96,10 @@ class Daemon:
         self.sel.register(self.workers.wake_r, selectors.EVENT_READ, self._woken)
         adoption.adopt(self)
         self.events("started", f"started with {self.policy.status_line()}")
+        if self.config_error is not None:
+            self.events("config-refused", f"{self.config_error}; serving on the last good "
+                        "configuration, which the last run kept, rather than throw away what "
+                        "it holds; mend the file, then: systemctl reload holdingpen")
         while not self.stopping:
             now = time.monotonic()
             if self.reload_wanted:
@@ -187,7 +194,8 @@ class Daemon:
         if request.action == protocol.STATUS:
             conn.close_when_sent = True
             return self._send(conn, protocol.status_reply(
-                self.policy.ready, self.policy.snapshots(), self.policy.status_loans(conn.peer.uid)))
+                self.policy.ready, self.policy.snapshots(), self.policy.status_loans(conn.peer.uid),
+                self.config_error))
         self._borrow(conn, request)
 
     def _borrow(self, conn, request):
@@ -282,8 +290,11 @@ class Daemon:
             cfg = config.load(self.config_path)
         except config.ConfigError as e:
             self.events("config-refused", f"reload refused, keeping the running configuration: {e}")
+            self._config_bad(str(e))
             self.notify("READY=1")
             return
+        self._config_bad(None)
+        self.store.keep_config(cfg)
         self.limits = cfg.limits
         self.per_user.max_connections = cfg.limits["connections_per_user"]
         self.per_user.rate = cfg.limits["borrows_per_second"]
@@ -295,3 +306,7 @@ class Daemon:
                     f"{', '.join(self.policy.names())}")
         self.notify("READY=1")
 
+    def _config_bad(self, error):
+        """Say what is wrong with the file (None: nothing) in status and STATUS= until mended."""
+        self.config_error = error
+        self.notifier.note = error and f"bad configuration, running on the last good one: {error}"
