@@ -123,7 +123,7 @@ class Daemon:
         times = [c.deadline for c in self.conns.values() if c.deadline is not None]
         times += [t for t in (self.policy.next_retry_at(), self.notifier.next_at()) if t is not None]
         if self.policy.has_loans():
-            times.append(self.commands_at)
+            times += [t for t in (self.commands_at, self.lending.look_at) if t is not None]
         return max(0.0, min(times) - now) if times else None
 
     def _on_signal(self, signum, frame):
@@ -264,11 +264,11 @@ class Daemon:
         del self.conns[conn.sock.fileno()]
         self.sel.unregister(conn.sock)
         conn.sock.close()
+        self.lending.ended(conn)
         if not conn.checking:      # else the asker may poll its pidfd: closed when it answers
             conn.peer.close()
         if conn.counted:
             self.per_user.disconnect(conn.peer.uid)
-        self.lending.ended(conn)
 
     def _expire(self, now):
         for conn in list(self.conns.values()):
@@ -280,9 +280,9 @@ class Daemon:
     # ---- what changes of itself ----
 
     def _refresh_commands(self, now):
-        if now >= self.commands_at:
+        if now >= self.commands_at or now >= (self.lending.look_at or self.commands_at):
             self.commands_at = now + COMMAND_REFRESH_S
-            self.lending.refresh_commands()
+            self.lending.refresh_commands(self.conns.values())
 
     def _reload(self):
         self.notify("RELOADING=1")

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -268,3 +270,19 @@ def test_a_pool_removed_by_a_reload_is_not_what_disk_means(bindir, shared_tmp):
                    "the removed pool to go once its loan is back")
     finally:
         assert p.stop() == 0
+
+
+def test_the_journal_names_the_command_that_ran_not_gatekeeper(pen):
+    """gatekeeper borrows, then execs CMD: the journal (stderr, by hand) says CMD ran,
+    and the returned entry names it, though it ran for less than a refresh (2 s)."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert pen.run(["gatekeeper", "--strict", "sleep", "0.5"]).returncode == 0
+    wait_until(lambda: "holdingpen: returned: " in pen.logged(), "the loan to be returned")
+    lines = [line for line in pen.logged().splitlines()
+             if line.startswith(("holdingpen: lent: ", "holdingpen: running: ",
+                                 "holdingpen: returned: "))]
+    assert [re.sub(r"pid \d+", "pid N", line) for line in lines] == [
+        f"holdingpen: lent: lent 64 MiB of memory to {user} (gatekeeper, pid N)",
+        f"holdingpen: running: {user}'s loan of 64 MiB of memory (pid N) now runs sleep, "
+        "was gatekeeper",
+        f"holdingpen: returned: {user} (sleep) returned 64 MiB of memory"]
