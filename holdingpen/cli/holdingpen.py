@@ -110,16 +110,18 @@ def serve(opts):
     from holdingpen.pen.authorize import Authorizer
     notify, passed = _systemd()
     cfg, config_error = _configuration(opts["config"], passed)
-    if cfg is None:
-        sys.stderr.write(f"holdingpen: {config_error}\n")
-        return exits.CONFIG
     listener = None
     if not opts["socket"]:
         listener = next((fd for fd in passed if _is_listening(fd)), None)
     if listener is not None:
         del passed[listener]
         listener = socket.socket(fileno=listener)
-    else:
+    if cfg is None:
+        if listener is not None:       # the clients that started us: told now, not at their timeout
+            _turn_away(listener, f"the daemon cannot start: {config_error}")
+        sys.stderr.write(f"holdingpen: {config_error}\n")
+        return exits.CONFIG
+    if listener is None:
         path = pensocket.socket_path(opts["socket"])
         try:
             listener = daemon.bind(path)
@@ -150,6 +152,26 @@ def _configuration(path, passed):
         held, good = fdstore.kept(passed)
         cfg = config.last_good(good) if held and good else None
         return cfg, str(e)
+
+
+def _turn_away(listener, message, wait_s=0.2, most=1024):
+    """Answer the clients waiting at systemd's listener with a bad-config error."""
+    from holdingpen.pen import protocol
+    reply = protocol.error_reply(protocol.BAD_CONFIG, message)
+    listener.setblocking(False)
+    for _ in range(most):
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return                 # none waiting
+        with sock:
+            sock.settimeout(wait_s)
+            try:
+                sock.recv(protocol.MAX_LINE_BYTES + 1)   # its request: read, or closing resets
+                sock.sendall(reply)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
 
 
 def _systemd():

@@ -290,7 +290,8 @@ class Daemon:
             cfg = config.load(self.config_path)
         except config.ConfigError as e:
             self.events("config-refused", f"reload refused, keeping the running configuration: {e}")
-            self._config_bad(str(e))
+            if self.config_error is not None:    # still not mended: say what is wrong now
+                self._config_bad(str(e))
             self.notify("READY=1")
             return
         self._config_bad(None)

@@ -38,6 +38,7 @@ NOT_AUTHORIZED = "not-authorized"  # the authorize step said no
 TIMEOUT = "timeout"                # said nothing in time
 BUSY = "busy"                      # too many connections in all
 LIMITED = "limited"                # over this user's limit (connections, borrows a second)
+BAD_CONFIG = "bad-config"          # the daemon cannot start on its configuration file
 
 
 class ProtocolError(Exception):
