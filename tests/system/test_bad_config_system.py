@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import install_from_readme
-from daemonctl import SERVICE, borrowing, counts, journal, journal_mark, show, wait_for
+from daemonctl import SERVICE, SOCKET, borrowing, counts, journal, journal_mark, show, wait_for
 
 CONFIG_DIR = "/etc/holdingpen"
 CONFIG_PATH = f"{CONFIG_DIR}/holdingpen.toml"
@@ -160,9 +160,18 @@ def test_a_first_start_on_a_bad_file_with_nothing_to_keep_refuses_in_one_line(ct
         said = [e["MESSAGE"] for e in journal(ct, after=mark)
                 if e.get("SYSLOG_IDENTIFIER") == "holdingpen" and "MESSAGE" in e]
         assert f"holdingpen: {PROBLEM}" in said
+        # A client is told why within the request timeout (10 s), not left to hang.
+        started = time.monotonic()
+        done = ct.run(["holdingpen", "status"], user="carol", check=False)
+        took_s = time.monotonic() - started
+        assert (done.returncode, done.stderr) == (
+            69, f"holdingpen: the daemon cannot start: {PROBLEM} (bad-config)\n")
+        assert took_s < 10, f"told after {took_s:.1f} s"
     finally:
         ct.path(CONFIG_PATH).unlink()
         ct.path(CONFIG_DIR).rmdir()
+        ct.run(["systemctl", "reset-failed", SOCKET])
+        ct.run(["systemctl", "start", SOCKET])
         fresh(ct)
     wait_for("the default pool again", lambda: show(ct, "StatusText")["StatusText"],
              lambda text: text == DEFAULT_STATUS_TEXT)
