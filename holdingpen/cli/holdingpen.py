@@ -154,7 +154,7 @@ def _configuration(path, passed):
         return cfg, str(e)
 
 
-def _turn_away(listener, message, wait_s=0.2, most=1024):
+def _turn_away(listener, message, wait_s=0.2, most=128):
     """Answer the clients waiting at systemd's listener with a bad-config error."""
     from holdingpen.pen import protocol
     reply = protocol.error_reply(protocol.BAD_CONFIG, message)

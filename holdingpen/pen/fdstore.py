@@ -68,7 +68,7 @@ class FdStore:
         self._send(f"FDSTOREREMOVE=1\nFDNAME={name}")
 
     def keep_config(self, cfg):
-        """Keep cfg (config.Config) as the last good configuration, for a restart to fall back on."""
+        """Keep cfg (config.Config) as the last good configuration, for a restart to use."""
         self.config = {"source": cfg.source, "text": cfg.text}
         self._write_state()
 

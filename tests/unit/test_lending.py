@@ -1,4 +1,4 @@
-"""command_of: a loan's command as the kernel says, and only while its pid is still the borrower's."""
+"""command_of: a loan's command as the kernel says, while its pid is still the borrower's."""
 
 import os
 import subprocess
