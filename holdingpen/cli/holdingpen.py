@@ -106,21 +106,22 @@ def check(opts):
 
 
 def serve(opts):
-    from holdingpen.pen import config, daemon, events, fdstore
+    from holdingpen.pen import daemon, events, fdstore
     from holdingpen.pen.authorize import Authorizer
-    try:
-        cfg = config.load(opts["config"])
-    except config.ConfigError as e:
-        sys.stderr.write(f"holdingpen: {e}\n")
-        return exits.CONFIG
     notify, passed = _systemd()
+    cfg, config_error = _configuration(opts["config"], passed)
     listener = None
     if not opts["socket"]:
         listener = next((fd for fd in passed if _is_listening(fd)), None)
     if listener is not None:
         del passed[listener]
         listener = socket.socket(fileno=listener)
-    else:
+    if cfg is None:
+        if listener is not None:       # the clients that started us: told now, not at their timeout
+            _turn_away(listener, f"the daemon cannot start: {config_error}")
+        sys.stderr.write(f"holdingpen: {config_error}\n")
+        return exits.CONFIG
+    if listener is None:
         path = client.socket_path(opts["socket"])
         try:
             listener = daemon.bind(path)
@@ -128,12 +129,14 @@ def serve(opts):
             sys.stderr.write(f"holdingpen: cannot listen on {path}: {e.strerror}\n")
             return exits.CANTCREAT
     store = fdstore.FdStore(notify, passed) if os.environ.get("NOTIFY_SOCKET") else fdstore.NoStore()
+    if config_error is None:
+        store.keep_config(cfg)
     _raise_descriptor_limit()
     log = events.default_events()
     authorize = Authorizer(users=cfg.authorize["users"], groups=cfg.authorize["groups"],
                            events=log, source=cfg.source)
     daemon.Daemon(cfg, opts["config"], listener, notify, log, store, authorize=authorize,
-                  protecting=_protecting(log)).run()
+                  protecting=_protecting(log), config_error=config_error).run()
     return 0
 
 
@@ -157,6 +160,40 @@ def _protecting(log, environ=os.environ):
         return Protecting(None, why, log)
     protection = protect.Protection(protect.SystemdUnits(), protect.STATE_PATH)
     return Protecting(protection, None, log, job_type=protect.SystemdUnits().job_type)
+
+
+def _configuration(path, passed):
+    """(Config, None) from the file; or, the file being bad while systemd's store
+    (passed) holds reservations or loans, (the last good Config, what is wrong):
+    a mistake in the file never costs the pool. (None, what is wrong) when there
+    is nothing to keep: a first start refuses."""
+    from holdingpen.pen import config, fdstore
+    try:
+        return config.load(path), None
+    except config.ConfigError as e:
+        held, good = fdstore.kept(passed)
+        cfg = config.last_good(good) if held and good else None
+        return cfg, str(e)
+
+
+def _turn_away(listener, message, wait_s=0.2, most=128):
+    """Answer the clients waiting at systemd's listener with a bad-config error."""
+    from holdingpen.pen import protocol
+    reply = protocol.error_reply(protocol.BAD_CONFIG, message)
+    listener.setblocking(False)
+    for _ in range(most):
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return                 # none waiting
+        with sock:
+            sock.settimeout(wait_s)
+            try:
+                sock.recv(protocol.MAX_LINE_BYTES + 1)   # its request: read, or closing resets
+                sock.sendall(reply)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
 
 
 def _systemd():
@@ -219,6 +256,7 @@ def status(opts):
     elif opts["json"]:
         import json
         shown = {k: reply[k] for k in ("ready", "pools", "loans") if k in reply}
+        shown["config_error"] = reply.get("config_error")
         sys.stdout.write(json.dumps(shown, indent=1) + "\n")
     else:
         sys.stdout.write(describe(reply, time.time()))
@@ -228,6 +266,9 @@ def status(opts):
 def describe(reply, now):
     """The status reply as text: one line per pool, then who holds what."""
     lines = []
+    if reply.get("config_error"):
+        lines.append(f"bad configuration, running on the last good one: {reply['config_error']}")
+        lines.append("  mend the file, then: systemctl reload holdingpen")
     for p in reply["pools"]:
         line = (f"{p['name']}: {p['held']}/{p['count']} held, {p['lent']} lent, "
                 f"{format_size(p['size'])} each")

@@ -24,7 +24,8 @@ safe on any machine (the daemon also never reserves memory the machine
 cannot spare). Every error names the file, the key and what is wrong.
 
 parse() reads the text alone; load() also looks at the file system: a
-[[disk]] path must be an existing directory.
+[[disk]] path must be an existing directory. last_good() is what the daemon
+runs on when the file has gone bad while it holds reservations or loans.
 """
 
 import errno
@@ -80,9 +81,10 @@ class PoolSpec:
 class Config:
     """The pools to keep, memory first, then each disk in file order; and the limits."""
 
-    def __init__(self, pools, source, limits=None, authorize=None):
+    def __init__(self, pools, source, limits=None, authorize=None, text=""):
         self.pools = pools
         self.source = source
+        self.text = text       # the file as read: the daemon keeps it as its last good one
         self.limits = dict(DEFAULT_LIMITS) if limits is None else limits
         # Who may borrow when polkit is not running: nobody but root by default.
         self.authorize = authorize or {"users": (), "groups": ()}
@@ -108,6 +110,17 @@ def load(path=None):
     cfg = parse(data, path)
     check_directories(cfg, os.stat)
     return cfg
+
+
+def last_good(kept):
+    """The Config the last run kept in systemd's store ({"source", "text"}), or None.
+
+    Its directories are not checked again: one gone since only leaves its pool short.
+    """
+    try:
+        return parse(kept["text"].encode(), kept["source"])
+    except (ConfigError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def check_directories(cfg, stat):
@@ -178,7 +191,7 @@ def parse(data, source):
         seen.add(path)
         pools.append(_pool(disk, DISK, path, source, key, default_size=None, default_count=1))
     return Config(pools, source, _limits(doc.get(LIMITS, {}), source),
-                  _authorize(doc.get(AUTHORIZE, {}), source))
+                  _authorize(doc.get(AUTHORIZE, {}), source), data.decode())
 
 
 def normal_path(path):

@@ -59,11 +59,13 @@ class Daemon:
         environ: WATCHDOG_USEC, WATCHDOG_PID and LOCK_MEMORY_ENV come from here.
         send_fds: socket.send_fds, or a stand-in that sends less.
         protecting: protecting.Protecting, or None: loans are not protected.
+        config_error: None; or what is wrong with the file at config_path, cfg
+            being the last good configuration, kept from the last run.
     """
 
     def __init__(self, cfg, config_path, listener, notify, events, store,
                  authorize=allow_connected, proc="/proc", environ=os.environ,
-                 send_fds=socket.send_fds, protecting=None):
+                 send_fds=socket.send_fds, protecting=None, config_error=None):
         self.config_path, self.listener, self.notify = config_path, listener, notify
         self.events, self.store, self.authorize, self.proc = events, store, authorize, proc
         self.send_fds = send_fds
@@ -85,6 +87,7 @@ class Daemon:
                                                    events, proc)
         self.lending = Lending(self.policy, store, events, self.stock, proc, self.protecting)
         self.commands_at = 0.0
+        self._config_bad(config_error)
 
     # ---- the loop ----
 
@@ -101,6 +104,10 @@ class Daemon:
         adoption.adopt(self)
         self._want_protection()    # what the last daemon protected, less what ended since
         self.events("started", f"started with {self.policy.status_line()}")
+        if self.config_error is not None:
+            self.events("config-refused", f"{self.config_error}; serving on the last good "
+                        "configuration, which the last run kept, rather than throw away what "
+                        "it holds; mend the file, then: systemctl reload holdingpen")
         while not self.stopping:
             now = time.monotonic()
             if self.reload_wanted:
@@ -125,7 +132,7 @@ class Daemon:
         times = [c.deadline for c in self.conns.values() if c.deadline is not None]
         times += [t for t in (self.policy.next_retry_at(), self.notifier.next_at()) if t is not None]
         if self.policy.has_loans():
-            times.append(self.commands_at)
+            times += [t for t in (self.commands_at, self.lending.look_at) if t is not None]
         return max(0.0, min(times) - now) if times else None
 
     def _on_signal(self, signum, frame):
@@ -199,7 +206,8 @@ class Daemon:
             conn.close_when_sent = True
             return self._send(conn, protocol.status_reply(
                 self.policy.ready, self.policy.snapshots(),
-                self.policy.status_loans(conn.peer.uid, self._protection_of())))
+                self.policy.status_loans(conn.peer.uid, self._protection_of()),
+                self.config_error))
         self._borrow(conn, request)
 
     def _borrow(self, conn, request):
@@ -295,11 +303,11 @@ class Daemon:
         del self.conns[conn.sock.fileno()]
         self.sel.unregister(conn.sock)
         conn.sock.close()
+        self.lending.ended(conn)
         if not conn.checking:      # else the asker may poll its pidfd: closed when it answers
             conn.peer.close()
         if conn.counted:
             self.per_user.disconnect(conn.peer.uid)
-        self.lending.ended(conn)
         if conn.units:
             self._want_protection()    # its units go back to what they were
 
@@ -313,9 +321,9 @@ class Daemon:
     # ---- what changes of itself ----
 
     def _refresh_commands(self, now):
-        if now >= self.commands_at:
+        if now >= self.commands_at or now >= (self.lending.look_at or self.commands_at):
             self.commands_at = now + COMMAND_REFRESH_S
-            self.lending.refresh_commands()
+            self.lending.refresh_commands(self.conns.values())
 
     def _reload(self):
         self.notify("RELOADING=1")
@@ -323,8 +331,12 @@ class Daemon:
             cfg = config.load(self.config_path)
         except config.ConfigError as e:
             self.events("config-refused", f"reload refused, keeping the running configuration: {e}")
+            if self.config_error is not None:    # still not mended: say what is wrong now
+                self._config_bad(str(e))
             self.notify("READY=1")
             return
+        self._config_bad(None)
+        self.store.keep_config(cfg)
         self.limits = cfg.limits
         self.per_user.max_connections = cfg.limits["connections_per_user"]
         self.per_user.rate = cfg.limits["borrows_per_second"]
@@ -336,3 +348,7 @@ class Daemon:
                     f"{', '.join(self.policy.names())}")
         self.notify("READY=1")
 
+    def _config_bad(self, error):
+        """Say what is wrong with the file (None: nothing) in status and STATUS= until mended."""
+        self.config_error = error
+        self.notifier.note = error and f"bad configuration, running on the last good one: {error}"

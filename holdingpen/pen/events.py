@@ -15,6 +15,7 @@ MESSAGE_IDS = {
     "reserved": "7989f8a703ba4a5ea4e5ff690208fc45",
     "lent": "2cabcc72c2cd4c1589e4f0cada6ab4c8",
     "returned": "ce38b0352e884efd99506c59427a8d0b",
+    "running": "e51475524a414353bd3ced90108eed58",   # a loan's process exec'd another command
     "refused": "86a99ce2ee064996b6f2891dccd1b9b7",
     "shortfall": "a0e90973c3b9429580c1d3feac0d8142",
     "adopted": "ad6de2cef31d4da8b28dcddc215495eb",

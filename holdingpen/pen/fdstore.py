@@ -9,7 +9,9 @@ alike; `systemctl stop` empties the store, and that frees the pool.
 What each name is (which pool, who borrowed, since when) is written to a
 small memfd, itself stored as "state": a JSON object {name: facts}. A
 descriptor that comes back without facts, or facts without a descriptor,
-are dropped: the descriptors are the truth.
+are dropped: the descriptors are the truth. The same object keeps, under
+"config", the last good configuration ({"source", "text"}): a daemon that
+holds something never throws it away over a file that has gone bad since.
 """
 
 import json
@@ -17,6 +19,17 @@ import os
 import struct
 
 STATE = "state"
+CONFIG = "config"         # a key in the state object; never a descriptor's name
+
+
+def kept(passed):
+    """What the last run left: (whether a reservation or loan came back, its last good
+    configuration {"source", "text"} or None). Reads only: systemd is told nothing."""
+    state_fd = next((fd for fd, name in passed.items() if name == STATE), None)
+    facts = _read_state(state_fd) if state_fd is not None else {}
+    held = any(name.startswith(("chunk.", "loan.")) for name in passed.values())
+    good = facts.get(CONFIG)
+    return held, good if isinstance(good, dict) else None
 
 
 class FdStore:
@@ -27,6 +40,7 @@ class FdStore:
         self.notify = notify
         state_fd = next((fd for fd, name in passed.items() if name == STATE), None)
         self.facts = _read_state(state_fd) if state_fd is not None else {}
+        self.config = self.facts.get(CONFIG)
         self.passed = [(name, fd, self.facts.get(name)) for fd, name in passed.items()
                        if name != STATE]
         self.next_id = max([int(n.rsplit(".", 1)[1]) for n, _, _ in self.passed
@@ -53,6 +67,11 @@ class FdStore:
             self._write_state()
         self._send(f"FDSTOREREMOVE=1\nFDNAME={name}")
 
+    def keep_config(self, cfg):
+        """Keep cfg (config.Config) as the last good configuration, for a restart to use."""
+        self.config = {"source": cfg.source, "text": cfg.text}
+        self._write_state()
+
     def update(self, name, **facts):
         """Change what is known of a stored descriptor (systemd is not told); a name
         no longer stored stays gone."""
@@ -64,7 +83,8 @@ class FdStore:
         self.notify(message, fds=fds) if fds else self.notify(message)
 
     def _write_state(self):
-        _write_state(self.state_fd, json.dumps(self.facts).encode())
+        state = self.facts if self.config is None else {**self.facts, CONFIG: self.config}
+        _write_state(self.state_fd, json.dumps(state).encode())
 
 
 class NoStore:
@@ -79,6 +99,9 @@ class NoStore:
         pass
 
     def remove(self, name):
+        pass
+
+    def keep_config(self, cfg):
         pass
 
     def update(self, name, **facts):

@@ -11,6 +11,11 @@ stays for as long as the loan (memory where there is swap).
 A memory loan made while loans are protected (protecting.py) records the
 borrower's units with the loan; without a descriptor its reservation is
 kept, and the reply held, until they are protected (release()).
+
+gatekeeper borrows before it execs the command, so the journal names the
+command that actually ran as the kernel tells it: a "running" entry when the
+loan's process has exec'd something else, and the "returned" entry carries
+HOLDINGPEN_COMMAND, read from /proc while the process was still there.
 """
 
 import time
@@ -18,6 +23,8 @@ import time
 from holdingpen.pen import protocol
 from holdingpen.pen.pool import Loan
 from holdingpen.pen.sizes import format_size
+
+EXEC_LOOK_S = 0.1     # after a loan is answered, when to look whether gatekeeper has exec'd CMD
 
 
 class Lending:
@@ -27,6 +34,7 @@ class Lending:
     def __init__(self, policy, store, events, stock, proc, protecting):
         self.policy, self.store, self.events, self.stock, self.proc = policy, store, events, stock, proc
         self.protecting = protecting
+        self.look_at = None        # when (monotonic) to read loans' commands soon, or None
 
     def lend(self, conn, pool_name, request):
         """Lend from pool_name to conn. Returns (reply, descriptors to send with it);
@@ -70,6 +78,8 @@ class Lending:
             return
         conn.answered = True
         self.store.update(conn.loan[1], answered=True)
+        if self.look_at is None:
+            self.look_at = time.monotonic() + EXEC_LOOK_S
         if conn.chunk is not None:           # handed over as a descriptor
             self._journal_lent(conn)
             conn.chunk.keep_mapping_only()   # the client's copy is the one it uses
@@ -79,6 +89,7 @@ class Lending:
         if conn.loan is None:
             return
         loan_id, store_name = conn.loan
+        self._refresh(conn)        # a command that ran for less than a refresh is named too
         self.store.remove(store_name)
         if conn.fds_pending() or conn.waiting:   # gone before it had it: the chunk is ours
             pool_name = self.policy.pool_name_of(loan_id)
@@ -89,16 +100,31 @@ class Lending:
             conn.chunk.close()
         self.events("returned", f"{loan.user} ({loan.command}) returned "
                     f"{format_size(loan.size_bytes)} of {name}", kind=name,
-                    size_bytes=loan.size_bytes, peer=conn.peer)
+                    size_bytes=loan.size_bytes, peer=conn.peer, command=loan.command)
 
-    def refresh_commands(self):
-        """Loans show the borrower's command as it is now: gatekeeper has become CMD."""
-        for loan_id, _, loan in self.policy.loans():
-            try:
-                with open(f"{self.proc}/{loan.pid}/comm", errors="replace") as f:
-                    self.policy.set_command(loan_id, f.read().strip())
-            except OSError:
-                pass              # gone: its connection's close will tell us soon
+    def refresh_commands(self, conns):
+        """Loans show the borrower's command as it is now: gatekeeper has become CMD.
+
+        Args: conns: the open connections (those with a loan are looked at).
+        """
+        self.look_at = None
+        for conn in conns:
+            if conn.loan is not None:
+                self._refresh(conn)
+
+    def _refresh(self, conn):
+        loan_id, store_name = conn.loan
+        loan = self.policy.loan(loan_id)
+        command = command_of(conn.peer, self.proc)
+        if command is None or command == loan.command:
+            return                 # gone (its close tells us soon), or the same
+        was = loan.command
+        self.policy.set_command(loan_id, command)
+        self.store.update(store_name, command=command)   # a restart says no more of it
+        name = self.policy.pool_name_of(loan_id)
+        self.events("running", f"{loan.user}'s loan of {format_size(loan.size_bytes)} of "
+                    f"{name} (pid {loan.pid}) now runs {command}, was {was}", kind=name,
+                    size_bytes=loan.size_bytes, peer=conn.peer, command=command)
 
     def _journal_lent(self, conn):
         pool_name = self.policy.pool_name_of(conn.loan[0])
@@ -110,3 +136,25 @@ class Lending:
                     + (f"; protecting {', '.join(units)}" if units else ""),
                     kind=pool_name, size_bytes=loan.size_bytes, peer=peer,
                     **({"protected_units": " ".join(units)} if units else {}))
+
+
+def command_of(peer, proc="/proc"):
+    """peer's command (comm) now, as the kernel says; None once its pid is not peer's.
+
+    A process that has exited keeps its comm until it is reaped; the start time,
+    read before and after, says the pid has not been reused for another.
+    """
+    try:
+        before = _start_time(peer.pid, proc)
+        with open(f"{proc}/{peer.pid}/comm", errors="replace") as f:   # a name is any bytes
+            command = f.read().strip()
+        if peer.start_time is None or not before == _start_time(peer.pid, proc) == peer.start_time:
+            return None
+    except (OSError, ValueError, IndexError):
+        return None
+    return command
+
+
+def _start_time(pid, proc):
+    with open(f"{proc}/{pid}/stat", errors="replace") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])

@@ -14,6 +14,7 @@ class Notifier:
     def __init__(self, notify, environ):
         self.notify = notify
         self.status_text = None
+        self.note = None               # said after the pools in STATUS=, e.g. a bad configuration
         usec, pid = environ.get("WATCHDOG_USEC"), environ.get("WATCHDOG_PID", str(os.getpid()))
         self.watchdog_s = int(usec) / 2e6 if usec and pid == str(os.getpid()) else None
         self.watchdog_at = 0.0
@@ -22,7 +23,7 @@ class Notifier:
         """Say what changed. Returns False when the daemon should stop (a worker died, by hand)."""
         if policy.became_ready():
             self.notify("READY=1")
-        text = policy.status_line()
+        text = policy.status_line() + (f"; {self.note}" if self.note else "")
         if text != self.status_text:
             self.status_text = text
             self.notify(f"STATUS={text}")

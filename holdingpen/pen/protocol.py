@@ -39,6 +39,7 @@ NOT_AUTHORIZED = "not-authorized"  # the authorize step said no
 TIMEOUT = "timeout"                # said nothing in time
 BUSY = "busy"                      # too many connections in all
 LIMITED = "limited"                # over this user's limit (connections, borrows a second)
+BAD_CONFIG = "bad-config"          # the daemon cannot start on its configuration file
 
 
 class ProtocolError(Exception):
@@ -174,9 +175,11 @@ def borrow_reply(kind, size_bytes, fd):
     return _line({"ok": True, "action": BORROW, "kind": kind, "size": size_bytes, "fd": fd})
 
 
-def status_reply(ready, pools, loans):
-    """What `holdingpen status` shows: pools (Pool.snapshot() each) and loans (plain dicts)."""
-    return _line({"ok": True, "action": STATUS, "ready": ready, "pools": pools, "loans": loans})
+def status_reply(ready, pools, loans, config_error=None):
+    """What `holdingpen status` shows: pools (Pool.snapshot() each), loans (plain dicts)
+    and config_error (what is wrong with the file the daemon could not take, or None)."""
+    return _line({"ok": True, "action": STATUS, "ready": ready, "pools": pools, "loans": loans,
+                  "config_error": config_error})
 
 
 def error_reply(code, message):

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -177,6 +179,37 @@ def test_socket_activation(bindir, shared_tmp):
         activator.stderr.close()
 
 
+def test_clients_that_start_a_daemon_on_a_bad_file_are_told_why_at_once(bindir, shared_tmp):
+    """Socket-activated on a bad file with nothing to keep, the daemon answers the
+    clients that started it with the file's problem before it exits 78."""
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.skip("systemd-socket-activate is not installed")
+    sock = str(shared_tmp / "activated.sock")
+    bad = shared_tmp / "bad.toml"
+    bad.write_text('[memory]\nsize = "lots"\n')
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", HOLDINGPEN_SOCKET=sock)
+    activator = subprocess.Popen(["systemd-socket-activate", "-l", sock, "--fdname=listen",
+                                  "holdingpen", "serve", "--config", str(bad)],
+                                 env=env, stderr=subprocess.PIPE, text=True)
+    problem = f"{bad}: memory.size: expected a size like \"2G\", not 'lots'"
+    try:
+        wait_until(lambda: os.path.exists(sock), "the socket to be bound")
+        started = time.monotonic()
+        done = subprocess.run(["holdingpen", "status"], env=env, capture_output=True, text=True,
+                              timeout=30)
+        took_s = time.monotonic() - started
+        assert (done.returncode, done.stderr) == (
+            69, f"holdingpen: the daemon cannot start: {problem} (bad-config)\n")
+        assert took_s < 5, f"told after {took_s:.1f} s"
+        assert activator.wait(30) == 78
+        assert f"holdingpen: {problem}\n" in activator.stderr.read()
+    finally:
+        if activator.poll() is None:
+            activator.send_signal(signal.SIGTERM)
+            activator.wait(30)
+        activator.stderr.close()
+
+
 def test_status_text(pen):
     job = hold(pen)
     try:
@@ -269,3 +302,19 @@ def test_a_pool_removed_by_a_reload_is_not_what_disk_means(bindir, shared_tmp):
                    "the removed pool to go once its loan is back")
     finally:
         assert p.stop() == 0
+
+
+def test_the_journal_names_the_command_that_ran_not_gatekeeper(pen):
+    """gatekeeper borrows, then execs CMD: the journal (stderr, by hand) says CMD ran,
+    and the returned entry names it, though it ran for less than a refresh (2 s)."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert pen.run(["gatekeeper", "--strict", "sleep", "0.5"]).returncode == 0
+    wait_until(lambda: "holdingpen: returned: " in pen.logged(), "the loan to be returned")
+    lines = [line for line in pen.logged().splitlines()
+             if line.startswith(("holdingpen: lent: ", "holdingpen: running: ",
+                                 "holdingpen: returned: "))]
+    assert [re.sub(r"pid \d+", "pid N", line) for line in lines] == [
+        f"holdingpen: lent: lent 64 MiB of memory to {user} (gatekeeper, pid N)",
+        f"holdingpen: running: {user}'s loan of 64 MiB of memory (pid N) now runs sleep, "
+        "was gatekeeper",
+        f"holdingpen: returned: {user} (sleep) returned 64 MiB of memory"]

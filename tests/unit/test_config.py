@@ -372,3 +372,28 @@ CANNOT_RESERVE = [
 @pytest.mark.parametrize("error, line", CANNOT_RESERVE)
 def test_cannot_reserve_names_the_fix(error, line):
     assert config.cannot_reserve_in("/srv", OSError(error, os.strerror(error))) == line
+
+
+# (what the last run kept, the pools last_good() gives back, or None)
+LAST_GOOD = [
+    ("the file as it was", {"source": "/etc/hp.toml", "text": '[memory]\ncount = 3\n'},
+     [PoolSpec("memory", 256 << 20, 3)]),
+    ("the defaults, when there was no file", {"source": "(defaults)", "text": ""},
+     [PoolSpec("memory", 256 << 20, 1)]),
+    ("a disk pool whose directory is gone since: kept, left short",
+     {"source": "/etc/hp.toml", "text": '[[disk]]\npath = "/gone"\nsize = "1M"\n'},
+     [PoolSpec("memory", 256 << 20, 1), PoolSpec("disk", 1 << 20, 1, "/gone")]),
+    ("nothing kept (an older daemon's store)", None, None),
+    ("no text", {"source": "/etc/hp.toml"}, None),
+    ("a text that does not parse", {"source": "/etc/hp.toml", "text": "[memory"}, None),
+    ("not text", {"source": "/etc/hp.toml", "text": 7}, None),
+]
+
+
+@pytest.mark.parametrize("kept, pools", [c[1:] for c in LAST_GOOD], ids=[c[0] for c in LAST_GOOD])
+def test_last_good(kept, pools):
+    cfg = config.last_good(kept)
+    if pools is None:
+        assert cfg is None
+    else:
+        assert (cfg.pools, cfg.source, cfg.text) == (pools, kept["source"], kept["text"])

@@ -6,7 +6,9 @@ import random
 import signal
 import time
 
-from holdingpen.pen import fdstore
+import pytest
+
+from holdingpen.pen import config, fdstore
 
 
 def facts(n, width=100, mark=0):
@@ -48,3 +50,67 @@ def test_a_sigkill_in_the_middle_of_writes_never_leaves_it_empty():
                                                          if k != "mark"))
         os.close(fd)
     assert broken == 0
+
+
+# ---- the last good configuration, kept in the state for a restart with a bad file ----
+
+def stored(notify_log):
+    def notify(message, fds=None):
+        notify_log.append((message, list(fds or [])))
+        return True
+    return notify
+
+
+def test_the_last_good_configuration_comes_back_with_what_it_holds():
+    log = []
+    store = fdstore.FdStore(stored(log), {})
+    [(message, [state_fd])] = log
+    assert message == "FDSTORE=1\nFDNAME=state"
+    chunk_fd = os.memfd_create("chunk")
+    good = config.parse(b'[memory]\nsize = "1M"\n', "/etc/holdingpen/holdingpen.toml")
+    store.keep_config(good)
+    store.add("chunk.1", chunk_fd, {"pool": "memory"})
+    try:
+        # What the next start is handed: the state, and the chunk.
+        passed = {state_fd: "state", chunk_fd: "chunk.1"}
+        assert fdstore.kept(passed) == (True, {"source": good.source, "text": good.text})
+        again = config.last_good(fdstore.kept(passed)[1])
+        assert again.pools == good.pools and again.source == good.source
+        assert fdstore.FdStore(stored([]), passed).passed == [("chunk.1", chunk_fd, {"pool": "memory"})]
+        # The state alone is nothing held: a bad file then refuses to start.
+        assert fdstore.kept({state_fd: "state"}) == (False, good_dict(good))
+    finally:
+        os.close(chunk_fd)
+        os.close(state_fd)
+
+
+def good_dict(cfg):
+    return {"source": cfg.source, "text": cfg.text}
+
+
+# (what the last run left in the state, whether a chunk or loan came back, what kept() says)
+KEPT = [
+    ("an older daemon's state: no configuration", {"loan.1": {"pool": "memory"}}, True, (True, None)),
+    ("a configuration, nothing held", {"config": {"source": "f", "text": ""}}, False,
+     (False, {"source": "f", "text": ""})),
+    ("a configuration that is not an object", {"config": "x"}, True, (True, None)),
+    ("no state at all", None, True, (True, None)),
+]
+
+
+@pytest.mark.parametrize("state, held, expected", [k[1:] for k in KEPT], ids=[k[0] for k in KEPT])
+def test_kept(state, held, expected):
+    passed = {}
+    fds = []
+    if state is not None:
+        fds.append(os.memfd_create("state"))
+        fdstore._write_state(fds[-1], json.dumps(state).encode())
+        passed[fds[-1]] = "state"
+    if held:
+        fds.append(os.memfd_create("loan"))
+        passed[fds[-1]] = "loan.1"
+    try:
+        assert fdstore.kept(passed) == expected
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -166,7 +166,10 @@ def test_replies_are_built_in_their_shapes():
     assert decode_reply(borrow_reply("disk:/var/tmp", 4096, True)[:-1]) == {
         "ok": True, "action": "borrow", "kind": "disk:/var/tmp", "size": 4096, "fd": True}
     assert decode_reply(status_reply(False, [], [])[:-1]) == {
-        "ok": True, "action": "status", "ready": False, "pools": [], "loans": []}
+        "ok": True, "action": "status", "ready": False, "pools": [], "loans": [],
+        "config_error": None}
+    assert decode_reply(status_reply(True, [], [], "f.toml: x: unknown key")[:-1])[
+        "config_error"] == "f.toml: x: unknown key"
 
 
 # ---- the line reader: (bytes fed one after another, lines it gives, then what it raises) ----
