@@ -5,7 +5,6 @@ is started from a short script (SCRIPT) that builds it as `holdingpen serve`
 does, on its own socket, with a real NOTIFY_SOCKET.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -13,8 +12,8 @@ import textwrap
 import time
 
 
-from helpers import read_reply, wait_until
-from pen import MiB, Notifications, Pen, connect, write_config
+from helpers import wait_until
+from pen import MiB, Notifications, Pen, write_config
 from holdingpen.pen import protocol
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,10 +25,6 @@ SCRIPT = textwrap.dedent("""
     from systemd import daemon as sd
 
     mode, socket_path, report = sys.argv[2:5]
-    if mode == "no-jeepney":
-        # What `holdingpen serve` builds, where jeepney cannot be imported.
-        sys.path.insert(0, os.path.join(os.path.dirname(report), "shim"))
-        from holdingpen.pen.authorize import Authorizer
 
     class Authorize:
         def warm_up(self):
@@ -55,7 +50,7 @@ SCRIPT = textwrap.dedent("""
     cfg = config.parse(b'[memory]\\nsize = "4M"\\ncount = 1\\n', "test")
     daemon.Daemon(cfg, None, daemon.bind(socket_path), sd.notify,
                   events.Events(events.stderr_sink), fdstore.NoStore(),
-                  authorize=Authorizer() if mode == "no-jeepney" else Authorize()).run()
+                  authorize=Authorize()).run()
 """)
 
 
@@ -83,27 +78,7 @@ def stop(proc, notify, log):
     return code, text
 
 
-# ---- F1: a worker thread that fails ----
-
-def test_a_missing_jeepney_does_not_stop_the_borrows(shared_tmp):
-    # The polkit connection is warmed up on the asker thread; without jeepney that
-    # raises ImportError. The daemon must say so and go on answering borrows.
-    shim = shared_tmp / "shim" / "jeepney"
-    shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text("raise ImportError(\"No module named 'jeepney'\")\n")
-    proc, notify, socket_path, _, log = start(shared_tmp, "no-jeepney")
-    try:
-        with connect(socket_path) as s:      # root: allowed without asking polkit
-            s.settimeout(10)
-            s.sendall(protocol.encode_request(protocol.Request(protocol.BORROW, "memory")))
-            reply = json.loads(read_reply(s))
-        assert reply == {"ok": True, "action": "borrow", "kind": "memory", "size": 4 * MiB,
-                         "fd": False}
-    finally:
-        code, text = stop(proc, notify, log)
-    assert code == 0
-    assert "holdingpen: failed: getting ready to ask polkit failed: ImportError" in text
-
+# ---- F1: a worker thread that fails (a missing jeepney: test_no_jeepney.py) ----
 
 def test_a_worker_that_dies_stops_the_watchdog(shared_tmp):
     # Whatever kills a worker thread, the daemon must not go on saying WATCHDOG=1
