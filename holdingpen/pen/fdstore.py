@@ -9,7 +9,9 @@ alike; `systemctl stop` empties the store, and that frees the pool.
 What each name is (which pool, who borrowed, since when) is written to a
 small memfd, itself stored as "state": a JSON object {name: facts}. A
 descriptor that comes back without facts, or facts without a descriptor,
-are dropped: the descriptors are the truth.
+are dropped: the descriptors are the truth. The one entry that is no
+descriptor's, "counters", is the metrics' counts (metrics.Counters), kept
+with the loans so that a restart does not reset them.
 """
 
 import json
@@ -17,6 +19,7 @@ import os
 import struct
 
 STATE = "state"
+COUNTERS = "counters"
 
 
 class FdStore:
@@ -27,6 +30,7 @@ class FdStore:
         self.notify = notify
         state_fd = next((fd for fd, name in passed.items() if name == STATE), None)
         self.facts = _read_state(state_fd) if state_fd is not None else {}
+        self.counters = self.facts.get(COUNTERS)    # as the last run left them, or None
         self.passed = [(name, fd, self.facts.get(name)) for fd, name in passed.items()
                        if name != STATE]
         self.next_id = max([int(n.rsplit(".", 1)[1]) for n, _, _ in self.passed
@@ -60,17 +64,24 @@ class FdStore:
             self.facts[name] = {**self.facts[name], **facts}
             self._write_state()
 
+    def keep_counters(self, counters):
+        """Keep counters (plain JSON data) for the next run, as self.counters."""
+        self.counters = counters
+        self._write_state()
+
     def _send(self, message, fds=None):
         self.notify(message, fds=fds) if fds else self.notify(message)
 
     def _write_state(self):
-        _write_state(self.state_fd, json.dumps(self.facts).encode())
+        facts = self.facts if self.counters is None else {**self.facts, COUNTERS: self.counters}
+        _write_state(self.state_fd, json.dumps(facts).encode())
 
 
 class NoStore:
     """Run by hand: nothing to keep across restarts."""
 
     passed = []
+    counters = None
 
     def new_name(self, prefix):
         return prefix
@@ -82,6 +93,9 @@ class NoStore:
         pass
 
     def update(self, name, **facts):
+        pass
+
+    def keep_counters(self, counters):
         pass
 
 
