@@ -173,9 +173,11 @@ def borrow_reply(kind, size_bytes, fd):
     return _line({"ok": True, "action": BORROW, "kind": kind, "size": size_bytes, "fd": fd})
 
 
-def status_reply(ready, pools, loans):
-    """What `holdingpen status` shows: pools (Pool.snapshot() each) and loans (plain dicts)."""
-    return _line({"ok": True, "action": STATUS, "ready": ready, "pools": pools, "loans": loans})
+def status_reply(ready, pools, loans, **more):
+    """What `holdingpen status` shows: pools (Pool.snapshot() each) and loans (plain dicts);
+    more: what else the daemon says (its "started" and metrics "counters")."""
+    return _line({"ok": True, "action": STATUS, "ready": ready, "pools": pools, "loans": loans,
+                  **more})
 
 
 def error_reply(code, message):
