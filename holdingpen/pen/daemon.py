@@ -116,6 +116,7 @@ class Daemon:
             for key, mask in self.sel.select(self._timeout_s(now)):
                 key.data(key.fileobj, mask)
         self.notify("STOPPING=1")
+        self.store.keep_counters(self.counters.as_dict())   # for a restart: none lost
         self.metrics_file.clear()
         self.events("stopping", "holdingpen stopping; if systemd restarts it, reservations and "
                     "loans wait in its store, but a stop frees them")
