@@ -5,12 +5,15 @@ shortfalls), as node_exporter's parser reads it."""
 
 import json
 import os
+import signal
 import stat
 import subprocess
+import time
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from holdingpen.pen.daemon import METRICS_EVERY_S
 from lockjobs import needs_root, nobody, wait_until
 from pen import Pen, connect, read_line, write_config
 
@@ -146,3 +149,24 @@ def test_a_directory_it_cannot_write_is_told_once_with_the_fix(bindir, shared_tm
     assert len(said) == 1, said
     assert (f"cannot write holdingpen.prom in {not_a_dir}: Not a directory; give the daemon "
             'write access there, or set it to "" to turn the metrics file off') in said[0]
+
+
+@needs_root
+def test_a_reload_to_no_metrics_file_empties_the_old_one(bindir, shared_tmp):
+    textfile_dir = shared_tmp / "textfile"
+    textfile_dir.mkdir()
+    prom = textfile_dir / "holdingpen.prom"
+    pen, _ = start(bindir, shared_tmp, textfile_dir)
+    try:
+        wait_until(lambda: prom.exists() and metric(prom, "holdingpen_ready") == 1, "the file")
+        config = shared_tmp / "pool.toml"
+        config.write_text(config.read_text().replace(f'textfile_dir = "{textfile_dir}"',
+                                                     'textfile_dir = ""'))
+        pen.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in pen.logged(), "the reload")
+        assert prom.read_text() == ""
+        assert pen.run(["gatekeeper", "true"]).returncode == 0
+        time.sleep(3 * METRICS_EVERY_S)
+        assert prom.read_text() == ""            # and it stays so
+    finally:
+        assert pen.stop() == 0
