@@ -26,11 +26,11 @@ import signal
 import socket
 import time
 
-from holdingpen.pen import adoption, config, headroom, metrics, protocol, workers
+from holdingpen.pen import adoption, config, headroom, protocol, workers
 from holdingpen.pen.connection import Conn
 from holdingpen.pen.listener import bind
 from holdingpen.pen.lending import Lending
-from holdingpen.pen.metricsfile import MetricsFile
+from holdingpen.pen.metricsloop import DaemonMetrics
 from holdingpen.pen.notifier import Notifier
 from holdingpen.pen.peer import allow_connected, peer_of
 from holdingpen.pen.policy import Policy, Refused, RefusalNotes
@@ -41,7 +41,6 @@ __all__ = ["Daemon", "bind"]     # bind: `holdingpen serve` listens with daemon.
 
 MAX_CONNECTIONS = 4096        # beyond this a client is told "busy" at once
 COMMAND_REFRESH_S = 2.0       # how often loans' commands are read again from /proc
-METRICS_EVERY_S = 0.1         # a change reaches the metrics file within this, a flood's too
 LOCK_MEMORY_ENV = "HOLDINGPEN_LOCK_MEMORY"   # "1": lock the pool even without swap (tests)
 
 
@@ -63,16 +62,11 @@ class Daemon:
     def __init__(self, cfg, config_path, listener, notify, events, store,
                  authorize=allow_connected, proc="/proc", environ=os.environ,
                  send_fds=socket.send_fds):
-        events = self._counting(events)     # for the metrics, all through the daemon
+        self.metrics = DaemonMetrics(cfg.textfile_dir, store, events)
+        events = self.metrics.counting(events)     # all through the daemon
         self.config_path, self.listener, self.notify = config_path, listener, notify
         self.events, self.store, self.authorize, self.proc = events, store, authorize, proc
         self.send_fds = send_fds
-        # What the metrics count: kept with the loans in the store, so a restart keeps them.
-        self.started_s = time.time()
-        self.counters = metrics.Counters(self.started_s, store.counters)
-        self.counters_kept = self.counters.as_dict()
-        self.metrics_file = self._metrics_file(cfg.textfile_dir)
-        self.metrics_at, self.metrics_due = 0.0, True
         self.policy = Policy(cfg.pools)
         self.limits = cfg.limits
         self.per_user = Limits(cfg.limits["connections_per_user"],
@@ -112,12 +106,11 @@ class Daemon:
             self._refresh_commands(now)
             if not self.notifier.tell(now, self.policy, self.workers.failed_for_good()):
                 break             # run by hand, a worker died: exit, and say why
-            self._write_metrics(now)
+            self.metrics.update(now, self.policy)
             for key, mask in self.sel.select(self._timeout_s(now)):
                 key.data(key.fileobj, mask)
         self.notify("STOPPING=1")
-        self.store.keep_counters(self.counters.as_dict())   # for a restart: none lost
-        self.metrics_file.clear()
+        self.metrics.stopping()
         self.events("stopping", "holdingpen stopping; if systemd restarts it, reservations and "
                     "loans wait in its store, but a stop frees them")
         self.workers.stop()
@@ -126,11 +119,10 @@ class Daemon:
 
     def _timeout_s(self, now):
         times = [c.deadline for c in self.conns.values() if c.deadline is not None]
-        times += [t for t in (self.policy.next_retry_at(), self.notifier.next_at()) if t is not None]
+        times += [t for t in (self.policy.next_retry_at(), self.notifier.next_at(),
+                              self.metrics.next_at(now)) if t is not None]
         if self.policy.has_loans():
             times.append(self.commands_at)
-        if self.metrics_file.directory:
-            times.append(self.metrics_at if self.metrics_due else now + self.metrics_file.due_in(now))
         return max(0.0, min(times) - now) if times else None
 
     def _on_signal(self, signum, frame):
@@ -202,7 +194,7 @@ class Daemon:
             conn.close_when_sent = True
             return self._send(conn, protocol.status_reply(
                 self.policy.ready, self.policy.snapshots(), self.policy.status_loans(conn.peer.uid),
-                started=self.started_s, counters=self.counters.as_dict()))
+                **self.metrics.status()))
         self._borrow(conn, request)
 
     def _borrow(self, conn, request):
@@ -241,7 +233,7 @@ class Daemon:
             self.events("refused", message, kind=kind, peer=peer)
 
     def _fail(self, conn, code, message):
-        self.counters.count("refusals", code)   # every one, journalled or not
+        self.metrics.refused(code)
         conn.close_when_sent = True
         self._send(conn, protocol.error_reply(code, message))
 
@@ -304,44 +296,11 @@ class Daemon:
         self.per_user.max_connections = cfg.limits["connections_per_user"]
         self.per_user.rate = cfg.limits["borrows_per_second"]
         self.per_user.burst = cfg.limits["borrow_burst"]
-        if cfg.textfile_dir != self.metrics_file.directory:
-            self.metrics_file.clear()
-            self.metrics_file = self._metrics_file(cfg.textfile_dir)
+        self.metrics.reconfigure(cfg.textfile_dir)
         if hasattr(self.authorize, "configure"):
             self.authorize.configure(cfg.authorize["users"], cfg.authorize["groups"], cfg.source)
         self.stock.release(self.policy.reconfigure(cfg.pools))
         self.events("reloaded", f"configuration reloaded from {cfg.source}: "
                     f"{', '.join(self.policy.names())}")
         self.notify("READY=1")
-
-    # ---- metrics ----
-
-    def _counting(self, events):
-        """events, also counting the borrows, returns and shortfalls it is told of."""
-        def counted(event, message, **fields):
-            key = metrics.EVENT_COUNTERS.get(event)
-            if key is not None:
-                self.counters.count(key, fields.get("kind"))
-            events(event, message, **fields)
-        return counted
-
-    def _metrics_file(self, directory):
-        return MetricsFile(directory, on_error=lambda message: self.events("failed", message))
-
-    def _write_metrics(self, now):
-        """The metrics file, if it is due; the counts into the store, if they changed.
-        At most every METRICS_EVERY_S: with a thousand loans it takes milliseconds."""
-        self.metrics_due = True      # what woke the loop may have changed them
-        if now < self.metrics_at:
-            return
-        self.metrics_at, self.metrics_due = now + METRICS_EVERY_S, False
-        counts = self.counters.as_dict()
-        if counts != self.counters_kept:
-            self.counters_kept = counts
-            self.store.keep_counters(counts)
-        # Loans as root's status shows them; a loan's "protected", once loans are
-        # protected, is what metrics.py turns into holdingpen_loan_protected.
-        self.metrics_file.update({"ready": self.policy.ready, "pools": self.policy.snapshots(),
-                                  "loans": self.policy.status_loans(0),
-                                  "started": self.started_s, "counters": counts}, now)
 

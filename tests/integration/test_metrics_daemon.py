@@ -13,7 +13,7 @@ import time
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from holdingpen.pen.daemon import METRICS_EVERY_S
+from holdingpen.pen.metricsloop import EVERY_S
 from lockjobs import needs_root, nobody, wait_until
 from pen import Pen, connect, read_line, write_config
 
@@ -166,7 +166,7 @@ def test_a_reload_to_no_metrics_file_empties_the_old_one(bindir, shared_tmp):
         wait_until(lambda: "reloaded:" in pen.logged(), "the reload")
         assert prom.read_text() == ""
         assert pen.run(["gatekeeper", "true"]).returncode == 0
-        time.sleep(3 * METRICS_EVERY_S)
+        time.sleep(3 * EVERY_S)
         assert prom.read_text() == ""            # and it stays so
     finally:
         assert pen.stop() == 0
