@@ -97,6 +97,7 @@ def _answer(daemon, conn):
     if loan.handed_fd:
         data = protocol.error_reply(protocol.BUSY, "the daemon restarted while handing "
                                     "the reservation over; ask again")
+        daemon.metrics.refused(protocol.BUSY)
     else:
         data = protocol.borrow_reply(pool_name, loan.size_bytes, False)
     daemon._send(conn, data)

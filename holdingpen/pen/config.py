@@ -19,6 +19,9 @@
     users = ["alice"]
     groups = ["staff"]
 
+    [metrics]
+    textfile_dir = "/var/lib/holdingpen"   # where holdingpen.prom goes; "" for none
+
 Without a file: one memory reservation of 256 MiB and no disk reservation,
 safe on any machine (the daemon also never reserves memory the machine
 cannot spare). Every error names the file, the key and what is wrong.
@@ -42,6 +45,11 @@ MEMORY = "memory"
 DISK = "disk"
 LIMITS = "limits"
 AUTHORIZE = "authorize"
+METRICS = "metrics"
+# The daemon's own state directory (StateDirectory= in its unit), which it may
+# write; node_exporter reads holdingpen.prom there through a link in its own
+# textfile directory, which the daemon may not write.
+DEFAULT_TEXTFILE_DIR = "/var/lib/holdingpen"
 # [limits]: name -> (lowest, highest, type), and the defaults.
 LIMIT_RANGES = {
     "request_timeout_s": (0.001, 3600, float),   # a client that says nothing is dropped
@@ -81,13 +89,15 @@ class PoolSpec:
 class Config:
     """The pools to keep, memory first, then each disk in file order; and the limits."""
 
-    def __init__(self, pools, source, limits=None, authorize=None, text=""):
+    def __init__(self, pools, source, limits=None, authorize=None, text="",
+                 textfile_dir=DEFAULT_TEXTFILE_DIR):
         self.pools = pools
         self.source = source
         self.text = text       # the file as read: the daemon keeps it as its last good one
         self.limits = dict(DEFAULT_LIMITS) if limits is None else limits
         # Who may borrow when polkit is not running: nobody but root by default.
         self.authorize = authorize or {"users": (), "groups": ()}
+        self.textfile_dir = textfile_dir     # where the metrics file goes; "" for none
 
 
 def load(path=None):
@@ -169,7 +179,7 @@ def parse(data, source):
         raise ConfigError(f"{source}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    _only(doc, {MEMORY, DISK, LIMITS, AUTHORIZE}, source, "")
+    _only(doc, {MEMORY, DISK, LIMITS, AUTHORIZE, METRICS}, source, "")
     memory = doc.get(MEMORY, {})
     if not isinstance(memory, dict):
         raise ConfigError(f"{source}: memory: expected a table ([memory])")
@@ -191,7 +201,8 @@ def parse(data, source):
         seen.add(path)
         pools.append(_pool(disk, DISK, path, source, key, default_size=None, default_count=1))
     return Config(pools, source, _limits(doc.get(LIMITS, {}), source),
-                  _authorize(doc.get(AUTHORIZE, {}), source), data.decode())
+                  _authorize(doc.get(AUTHORIZE, {}), source), data.decode(),
+                  _textfile_dir(doc.get(METRICS, {}), source))
 
 
 def normal_path(path):
@@ -232,6 +243,17 @@ def _authorize(table, source):
                               f"e.g. [\"alice\"], not {names!r}")
         lists[key] = tuple(names)
     return lists
+
+
+def _textfile_dir(table, source):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: metrics: expected a table ([metrics])")
+    _only(table, {"textfile_dir"}, source, "metrics.")
+    path = table.get("textfile_dir", DEFAULT_TEXTFILE_DIR)
+    if not isinstance(path, str) or "\0" in path or (path and not os.path.isabs(path)):
+        raise ConfigError(f"{source}: metrics.textfile_dir: expected an absolute directory path, "
+                          f"or \"\" for no metrics file, not {path!r}")
+    return path
 
 
 def _pool(table, kind, path, source, key, default_size, default_count):

@@ -31,6 +31,7 @@ from holdingpen.pen import adoption, config, headroom, protocol, workers
 from holdingpen.pen.connection import Conn
 from holdingpen.pen.listener import bind
 from holdingpen.pen.lending import Lending
+from holdingpen.pen.metricsloop import DaemonMetrics
 from holdingpen.pen.notifier import Notifier
 from holdingpen.pen.peer import allow_connected, peer_of
 from holdingpen.pen.policy import Policy, Refused, RefusalNotes
@@ -66,6 +67,8 @@ class Daemon:
     def __init__(self, cfg, config_path, listener, notify, events, store,
                  authorize=allow_connected, proc="/proc", environ=os.environ,
                  send_fds=socket.send_fds, protecting=None, config_error=None):
+        self.metrics = DaemonMetrics(cfg.textfile_dir, store, events)
+        events = self.metrics.counting(events)     # all through the daemon
         self.config_path, self.listener, self.notify = config_path, listener, notify
         self.events, self.store, self.authorize, self.proc = events, store, authorize, proc
         self.send_fds = send_fds
@@ -118,9 +121,11 @@ class Daemon:
             self._refresh_commands(now)
             if not self.notifier.tell(now, self.policy, self.workers.failed_for_good()):
                 break             # run by hand, a worker died: exit, and say why
+            self.metrics.update(now, self.policy)
             for key, mask in self.sel.select(self._timeout_s(now)):
                 key.data(key.fileobj, mask)
         self.notify("STOPPING=1")
+        self.metrics.stopping()
         self.events("stopping", "holdingpen stopping; if systemd restarts it, reservations and "
                     "loans wait in its store, but a stop frees them")
         self.workers.stop()
@@ -130,7 +135,8 @@ class Daemon:
 
     def _timeout_s(self, now):
         times = [c.deadline for c in self.conns.values() if c.deadline is not None]
-        times += [t for t in (self.policy.next_retry_at(), self.notifier.next_at()) if t is not None]
+        times += [t for t in (self.policy.next_retry_at(), self.notifier.next_at(),
+                              self.metrics.next_at(now)) if t is not None]
         if self.policy.has_loans():
             times += [t for t in (self.commands_at, self.lending.look_at) if t is not None]
         return max(0.0, min(times) - now) if times else None
@@ -207,7 +213,7 @@ class Daemon:
             return self._send(conn, protocol.status_reply(
                 self.policy.ready, self.policy.snapshots(),
                 self.policy.status_loans(conn.peer.uid, self._protection_of()),
-                self.config_error))
+                self.config_error, **self.metrics.status()))
         self._borrow(conn, request)
 
     def _borrow(self, conn, request):
@@ -273,6 +279,7 @@ class Daemon:
             self.events("refused", message, kind=kind, peer=peer)
 
     def _fail(self, conn, code, message):
+        self.metrics.refused(code)
         conn.close_when_sent = True
         self._send(conn, protocol.error_reply(code, message))
 
@@ -341,6 +348,7 @@ class Daemon:
         self.per_user.max_connections = cfg.limits["connections_per_user"]
         self.per_user.rate = cfg.limits["borrows_per_second"]
         self.per_user.burst = cfg.limits["borrow_burst"]
+        self.metrics.reconfigure(cfg.textfile_dir)
         if hasattr(self.authorize, "configure"):
             self.authorize.configure(cfg.authorize["users"], cfg.authorize["groups"], cfg.source)
         self.stock.release(self.policy.reconfigure(cfg.pools))

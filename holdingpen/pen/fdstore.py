@@ -12,6 +12,9 @@ descriptor that comes back without facts, or facts without a descriptor,
 are dropped: the descriptors are the truth. The same object keeps, under
 "config", the last good configuration ({"source", "text"}): a daemon that
 holds something never throws it away over a file that has gone bad since.
+The one other entry that is no descriptor's, "counters", is the metrics'
+counts (metrics.Counters), kept with the loans so that a restart does not
+reset them.
 """
 
 import json
@@ -19,7 +22,8 @@ import os
 import struct
 
 STATE = "state"
-CONFIG = "config"         # a key in the state object; never a descriptor's name
+CONFIG = "config"         # keys in the state object; never a descriptor's name
+COUNTERS = "counters"
 
 
 def kept(passed):
@@ -41,6 +45,7 @@ class FdStore:
         state_fd = next((fd for fd, name in passed.items() if name == STATE), None)
         self.facts = _read_state(state_fd) if state_fd is not None else {}
         self.config = self.facts.get(CONFIG)
+        self.counters = self.facts.get(COUNTERS)    # as the last run left them, or None
         self.passed = [(name, fd, self.facts.get(name)) for fd, name in passed.items()
                        if name != STATE]
         self.next_id = max([int(n.rsplit(".", 1)[1]) for n, _, _ in self.passed
@@ -79,18 +84,25 @@ class FdStore:
             self.facts[name] = {**self.facts[name], **facts}
             self._write_state()
 
+    def keep_counters(self, counters):
+        """Keep counters (plain JSON data) for the next run, as self.counters."""
+        self.counters = counters
+        self._write_state()
+
     def _send(self, message, fds=None):
         self.notify(message, fds=fds) if fds else self.notify(message)
 
     def _write_state(self):
-        state = self.facts if self.config is None else {**self.facts, CONFIG: self.config}
-        _write_state(self.state_fd, json.dumps(state).encode())
+        extra = {key: value for key, value in ((CONFIG, self.config), (COUNTERS, self.counters))
+                 if value is not None}
+        _write_state(self.state_fd, json.dumps({**self.facts, **extra}).encode())
 
 
 class NoStore:
     """Run by hand: nothing to keep across restarts."""
 
     passed = []
+    counters = None
 
     def new_name(self, prefix):
         return prefix
@@ -105,6 +117,9 @@ class NoStore:
         pass
 
     def update(self, name, **facts):
+        pass
+
+    def keep_counters(self, counters):
         pass
 
 

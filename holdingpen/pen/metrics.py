@@ -35,6 +35,9 @@ COUNTERS = (  # (key in "counters", family name, label, help)
      "Reservations that could not be made (not enough memory or disk to spare)."),
 )
 
+# The daemon's events (events.py) that are counted, and the counter each adds to (by kind).
+EVENT_COUNTERS = {"lent": "borrows", "returned": "returns", "shortfall": "shortfalls"}
+
 
 def families(snapshot):
     """The metric families of a snapshot (see the module's docstring).

@@ -175,11 +175,12 @@ def borrow_reply(kind, size_bytes, fd):
     return _line({"ok": True, "action": BORROW, "kind": kind, "size": size_bytes, "fd": fd})
 
 
-def status_reply(ready, pools, loans, config_error=None):
-    """What `holdingpen status` shows: pools (Pool.snapshot() each), loans (plain dicts)
-    and config_error (what is wrong with the file the daemon could not take, or None)."""
+def status_reply(ready, pools, loans, config_error=None, **more):
+    """What `holdingpen status` shows: pools (Pool.snapshot() each), loans (plain dicts),
+    config_error (what is wrong with the file the daemon could not take, or None), and
+    more: what else the daemon says (its "started" and metrics "counters")."""
     return _line({"ok": True, "action": STATUS, "ready": ready, "pools": pools, "loans": loans,
-                  "config_error": config_error})
+                  "config_error": config_error, **more})
 
 
 def error_reply(code, message):

@@ -9,6 +9,7 @@ container, an overlay of the host's root, has it; it starts here, not at boot.
 """
 
 import json
+import re
 import stat
 import time
 from contextlib import ExitStack, contextmanager
@@ -18,17 +19,26 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from conftest import CONFIG_DIR, install_from_readme, remove_config
-from daemonctl import borrowing, wait_for
+from daemonctl import borrowing, show, wait_for
 from test_perflock_system import holding
-
-from holdingpen.common.openmetrics import write_textfile
-from holdingpen.pen import metrics as pen_metrics
 
 EXPORTER = "prometheus-node-exporter.service"
 METRICS_SERVICE = "holdingpen-lock-metrics.service"
 METRICS_TIMER = "holdingpen-lock-metrics.timer"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 LOCK_FILE = f"{TEXTFILE_DIR}/perflock.prom"
+DAEMON_FILE = f"{TEXTFILE_DIR}/holdingpen.prom"     # the package's link to the daemon's file
+CONFIG_PATH = f"{CONFIG_DIR}/holdingpen.toml"
+SHORT_POOL_CONFIG = """\
+[memory]
+size = "16M"
+count = 1
+
+[[disk]]
+path = "/var/tmp"
+size = "1T"       # more than the disk: always short
+count = 1
+"""
 URL = "http://127.0.0.1:9100/metrics"
 SCRAPE = f"import sys, urllib.request; sys.stdout.write(urllib.request.urlopen({URL!r}, timeout=5).read().decode())"
 WAIT = ["sh", "-c", "echo running; read _"]
@@ -85,6 +95,7 @@ def stopping(job):
 def test_timer_is_installed_enabled_and_runs_the_service(ct):
     assert ct.run(["systemctl", "is-enabled", METRICS_TIMER]).stdout.strip() == "enabled"
     assert ct.run(["systemctl", "is-active", METRICS_TIMER]).stdout.strip() == "active"
+    assert ct.path(DAEMON_FILE).is_symlink()
     timers = ct.run(["systemctl", "show", METRICS_TIMER, "-pTimersMonotonic", "-pAccuracyUSec"]).stdout
     assert "OnUnitActiveUSec=15s" in timers and "AccuracyUSec=1s" in timers
     # systemd-analyze verify exits 0 on unknown keys: stderr is the verdict.
@@ -130,7 +141,9 @@ def test_node_exporter_serves_who_holds_and_who_waits(ct, exporter):
     assert got["node_textfile_scrape_error"].samples[0].value == 0
     mode = ct.path(LOCK_FILE).stat().st_mode
     assert stat.S_IMODE(mode) == 0o644
-    assert [p.name for p in ct.path(TEXTFILE_DIR).iterdir()] == ["perflock.prom"]   # no temp left
+    # No temporary file left (holdingpen.prom: the package's link to the daemon's file).
+    assert sorted(p.name for p in ct.path(TEXTFILE_DIR).iterdir()) == ["holdingpen.prom",
+                                                                       "perflock.prom"]
 
     # The jobs are gone: the next run says the machine is free.
     ct.run(["systemctl", "start", METRICS_SERVICE])
@@ -173,26 +186,103 @@ def test_status_openmetrics_from_the_installed_daemon_with_a_loan_out(ct):
     assert families["holdingpen_pool_reservation_size_bytes"].unit == "bytes"
 
 
-def test_node_exporter_types_the_pools_counters_in_the_textfile_spelling(ct, exporter):
-    # What the daemon is to write (its wiring comes later): today's status reply
-    # with counters, in the spelling node_exporter reads, where Prometheus gets it.
-    reply = json.loads(ct.run(["holdingpen", "status", "--json"]).stdout)
-    snapshot = dict(reply, started=1764769000.0,
-                    counters={"since": 1764769000.0, "borrows": {"memory": 3},
-                              "refusals": {"not-authorized": 2}})
-    directory = ct.path(TEXTFILE_DIR)
-    write_textfile(str(directory), pen_metrics.FILE_NAME,
-                   pen_metrics.render(snapshot, openmetrics_format=False))
-    try:
-        text = scrape_text(ct)
-    finally:
-        (directory / pen_metrics.FILE_NAME).unlink()
-    assert "# TYPE holdingpen_borrows_total counter\n" in text
-    assert 'holdingpen_borrows_total{kind="memory"} 3\n' in text
-    assert 'holdingpen_refusals_total{reason="not-authorized"} 2\n' in text
-    assert "# TYPE holdingpen_pool_reservations gauge\n" in text
-    got = {f.name: f for f in parse_text(text)}
-    assert got["node_textfile_scrape_error"].samples[0].value == 0
+def sample(got, name, **labels):
+    """A sample's value in a scrape, or None if there is none such."""
+    family = next((f for f in got.values() if any(s.name == name for s in f.samples)), None)
+    return next((s.value for s in (family.samples if family else ())
+                 if s.name == name and s.labels == labels), None)
+
+
+@pytest.fixture
+def short_pool(ct):
+    """The daemon serving SHORT_POOL_CONFIG from an empty store; afterwards the default again."""
+    assert not ct.path(CONFIG_PATH).exists(), f"{CONFIG_PATH} left by an earlier test"
+    ct.path(CONFIG_DIR).mkdir(exist_ok=True)
+    ct.path(CONFIG_PATH).write_text(SHORT_POOL_CONFIG)
+    restart_empty(ct)
+    yield
+    ct.path(CONFIG_PATH).unlink()
+    ct.path(CONFIG_DIR).rmdir()
+    restart_empty(ct)
+
+
+def restart_empty(ct):
+    ct.run(["systemctl", "stop", "holdingpen.service"])
+    ct.run(["systemctl", "start", "holdingpen.service"])
+
+
+def scrape_until(ct, what, ok):
+    return wait_for(what, lambda: scrape(ct), ok)
+
+
+def test_the_package_links_the_daemons_file_into_node_exporters_directory(ct):
+    link = ct.path(DAEMON_FILE)
+    assert link.is_symlink() and str(link.readlink()) == "/var/lib/holdingpen/holdingpen.prom"
+    # node_exporter installed after holdingpen: its directory's arrival triggers the link.
+    link.unlink()
+    ct.run(["dpkg-trigger", "--no-await", TEXTFILE_DIR])
+    ct.run(["dpkg", "--triggers-only", "--pending"])
+    assert link.is_symlink() and str(link.readlink()) == "/var/lib/holdingpen/holdingpen.prom"
+    # The daemon's own writable place is its StateDirectory=, read by all.
+    assert stat.S_IMODE(ct.path("/var/lib/holdingpen").stat().st_mode) == 0o755
+
+
+def test_the_metrics_directory_costs_the_service_no_exposure(ct):
+    # 0.6 before the daemon had a directory to write (StateDirectory=) at all.
+    done = ct.run(["systemd-analyze", "security", "--no-pager", "holdingpen.service"])
+    match = re.search(r"Overall exposure level for holdingpen.service: (\d+\.\d+)", done.stdout)
+    assert match, done.stdout[-500:]
+    assert float(match.group(1)) <= 0.6, match.group(0)
+
+
+@pytest.mark.usefixtures("short_pool")
+def test_node_exporter_serves_the_daemons_metrics_and_counts_survive_a_kill(ct, exporter):
+    memory, disk = {"kind": "memory"}, {"kind": "disk:/var/tmp"}
+    before = scrape_until(ct, "the disk pool short", lambda got: sample(
+        got, "holdingpen_shortfalls_total", **disk))
+    assert before["holdingpen_shortfalls"].type == "counter"
+    assert sample(before, "node_textfile_scrape_error") == 0
+    assert sample(before, "holdingpen_pool_short", **disk) == 1
+    assert sample(before, "holdingpen_pool_short", **memory) == 0
+    assert sample(before, "holdingpen_pool_reservations", state="missing", **disk) == 1
+    assert sample(before, "holdingpen_pool_reservation_size_bytes", **memory) == 16 << 20
+    borrows = sample(before, "holdingpen_borrows_total", **memory) or 0
+    refusals = {reason: sample(before, "holdingpen_refusals_total", reason=reason) or 0
+                for reason in ("not-authorized", "pool-empty")}
+
+    with borrowing(ct, "alice") as job:
+        pid = job.pid
+        lent = scrape_until(ct, "the loan", lambda got: sample(
+            got, "holdingpen_pool_reservations", state="lent", **memory) == 1)
+        assert sample(lent, "holdingpen_borrows_total", **memory) == borrows + 1
+        assert sample(lent, "holdingpen_loan_start_time_seconds", user="alice", pid=str(pid),
+                      **memory) is not None
+        # alice again while her one reservation is out; bob, who may not borrow here.
+        assert "(pool-empty)" in ct.run(["gatekeeper", "--strict", "true"], user="alice",
+                                        check=False).stderr
+        assert "(not-authorized)" in ct.run(["gatekeeper", "--strict", "true"], user="bob",
+                                            check=False).stderr
+        refused = scrape_until(ct, "the refusals", lambda got: sample(
+            got, "holdingpen_refusals_total", reason="not-authorized") == refusals["not-authorized"] + 1)
+        assert sample(refused, "holdingpen_refusals_total",
+                      reason="pool-empty") == refusals["pool-empty"] + 1
+
+        old_pid = show(ct, "MainPID")["MainPID"]
+        ct.run(["systemctl", "kill", "-s", "KILL", "holdingpen"])
+        wait_for("a new main process, ready", lambda: show(ct, "MainPID", "ActiveState"),
+                 lambda now: now["MainPID"] not in ("0", old_pid) and now["ActiveState"] == "active")
+        after = scrape_until(ct, "the new daemon's file", lambda got: sample(
+            got, "holdingpen_start_time_seconds") != sample(refused, "holdingpen_start_time_seconds"))
+
+    # Kept in the store with the loans: not one count lost, nor their start.
+    for name, labels in (("holdingpen_borrows_total", memory),
+                         ("holdingpen_refusals_total", {"reason": "not-authorized"}),
+                         ("holdingpen_refusals_total", {"reason": "pool-empty"}),
+                         ("holdingpen_borrows_created", memory)):
+        assert sample(after, name, **labels) == sample(refused, name, **labels), name
+    assert sample(after, "holdingpen_start_time_seconds") > sample(refused, "holdingpen_start_time_seconds")
+    assert sample(after, "holdingpen_pool_reservations", state="lent", **memory) == 1   # kept, too
+    assert sample(after, "node_textfile_scrape_error") == 0
 
 
 def test_removing_the_package_stops_the_timer_and_removes_the_file(ct):
@@ -201,6 +291,7 @@ def test_removing_the_package_stops_the_timer_and_removes_the_file(ct):
     try:
         ct.run(["apt-get", "remove", "-y", "-q", "holdingpen"], timeout_s=300)
         assert not ct.path(LOCK_FILE).exists()    # node_exporter would serve it, stale, forever
+        assert not ct.path(DAEMON_FILE).is_symlink()   # dangling, a scrape error there
         state = ct.run(["systemctl", "is-active", METRICS_TIMER], check=False).stdout.strip()
         assert state in ("inactive", "unknown")   # 252 says "inactive" of a unit that is gone
     finally:
@@ -208,3 +299,4 @@ def test_removing_the_package_stops_the_timer_and_removes_the_file(ct):
         if ct.path(CONFIG_DIR).exists():
             remove_config(ct)
     assert ct.run(["systemctl", "is-active", METRICS_TIMER]).stdout.strip() == "active"
+    assert ct.path(DAEMON_FILE).is_symlink()

@@ -180,6 +180,12 @@ ERRORS = [
      "expected a list of names", "'alice'"),
     ("an empty user name", b"[authorize]\ngroups = [\"\"]\n", "authorize.groups",
      "expected a list of names", "['']"),
+    ("metrics not a table", b"metrics = 1\n", "metrics", "expected a table", "[metrics]"),
+    ("unknown metrics key", b"[metrics]\ndir = \"/x\"\n", "metrics.dir", "unknown key", "textfile_dir"),
+    ("a relative textfile_dir", b'[metrics]\ntextfile_dir = "prom"\n', "metrics.textfile_dir",
+     "expected an absolute directory path, or \"\" for no metrics file", "'prom'"),
+    ("textfile_dir not a string", b"[metrics]\ntextfile_dir = false\n", "metrics.textfile_dir",
+     "absolute directory path", "False"),
     # A key is whatever TOML allows, newlines included; the error must stay one line.
     ("a key with a newline", b'"mem\\nory" = 1\n', "'mem\\nory'", "unknown key", ""),
     ("a [memory] key with a newline", b'[memory]\n"a\\nb" = 1\n', "memory.'a\\nb'", "unknown key",
@@ -306,6 +312,16 @@ def test_load_errors_in_the_file_name_it(tmp_path):
 ])
 def test_authorize_lists(data, lists):
     assert parse(data, SOURCE).authorize == lists
+
+
+@pytest.mark.parametrize("data, directory", [
+    (b"", "/var/lib/holdingpen"),
+    (b"[metrics]\n", "/var/lib/holdingpen"),
+    (b'[metrics]\ntextfile_dir = "/srv/prom"\n', "/srv/prom"),
+    (b'[metrics]\ntextfile_dir = ""\n', ""),
+])
+def test_metrics_textfile_dir(data, directory):
+    assert parse(data, SOURCE).textfile_dir == directory
 
 
 def stat_saying(answers):

@@ -114,3 +114,26 @@ def test_kept(state, held, expected):
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_counters_are_kept_with_the_loans_for_the_next_run():
+    """What the next run reads is what this one kept: in the state memfd, which
+    systemd hands back (here: passed on by hand), loans and counts alike."""
+    sent = []
+    store = fdstore.FdStore(lambda message, fds=None: sent.append((message, fds)), {})
+    assert store.counters is None
+    (message, [state_fd]), = sent
+    assert message == "FDSTORE=1\nFDNAME=state"
+    loan_r, loan_w = os.pipe()
+    try:
+        store.add("loan.1", loan_r, {"pool": "memory"})
+        store.keep_counters({"since": 1.5, "borrows": {"memory": 1}})
+        store.remove("loan.1")        # the loans change; the counts stay
+        store.add("loan.2", loan_r, {"pool": "memory"})
+
+        again = fdstore.FdStore(lambda message, fds=None: None, {state_fd: "state", loan_r: "loan.2"})
+        assert again.counters == {"since": 1.5, "borrows": {"memory": 1}}
+        assert again.passed == [("loan.2", loan_r, {"pool": "memory"})]   # not a descriptor's
+    finally:
+        for fd in (state_fd, loan_r, loan_w):
+            os.close(fd)
