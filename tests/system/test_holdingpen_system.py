@@ -328,7 +328,8 @@ def test_reload_refuses_an_invalid_config_and_keeps_the_pool(ct):
 def test_without_jeepney_the_daemon_says_so_and_goes_on_lending(ct):
     # The asker thread warms up its polkit connection first; with jeepney gone
     # (an empty directory over it, for this service only) the import fails. The
-    # daemon must journal it, naming the package, and go on: root's borrow needs no polkit.
+    # daemon must go on (root's borrow needs no polkit) and, once it must ask about
+    # someone, journal that polkit cannot be asked, naming the package.
     jeepney = ct.run(["python3", "-c", "import jeepney, os; print(os.path.dirname(jeepney.__file__))"]
                      ).stdout.strip()
     dropin = ct.path(f"/run/systemd/system/{SERVICE}.d/no-jeepney.conf")
@@ -340,6 +341,9 @@ def test_without_jeepney_the_daemon_says_so_and_goes_on_lending(ct):
         restart_empty(ct)
         done = ct.run(["gatekeeper", "--strict", "true"], check=False, timeout_s=45)
         assert (done.returncode, done.stderr) == (0, "")
+        # alice is asked about: with no polkit to ask, the (empty) allow-list decides, at once.
+        done = ct.run(["gatekeeper", "--strict", "true"], user="alice", check=False, timeout_s=45)
+        assert done.returncode == 77 and "(not-authorized)" in done.stderr, done.stderr
         said = [e["MESSAGE"] for e in journal(ct, "HOLDINGPEN_EVENT=no-polkit", after=mark)]
         assert len(said) == 1 and "the D-Bus library jeepney is missing; install it with: " \
             "apt install python3-jeepney" in said[0], said
