@@ -74,8 +74,7 @@ class Daemon:
         self.send_fds = send_fds
         self.policy = Policy(cfg.pools)
         self.limits = cfg.limits
-        self.per_user = Limits(cfg.limits["connections_per_user"],
-                               cfg.limits["borrows_per_second"], cfg.limits["borrow_burst"])
+        self.per_user = Limits.of(cfg.limits)
         self.notes = RefusalNotes()
         self.conns = {}                # fd -> Conn
         self.stopping = self.reload_wanted = False
@@ -212,7 +211,8 @@ class Daemon:
             conn.close_when_sent = True
             return self._send(conn, protocol.status_reply(
                 self.policy.ready, self.policy.snapshots(),
-                self.policy.status_loans(conn.peer.uid, self._protection_of()),
+                self.policy.status_loans(conn.peer.uid,
+                                         self.protecting.status_by_loan(self.conns.values())),
                 self.config_error, **self.metrics.status()))
         self._borrow(conn, request)
 
@@ -249,29 +249,17 @@ class Daemon:
             return self.protecting.hold(generation, conn, reply)
         self._send(conn, reply, fds)
 
-    # ---- protected loans ----
+    # ---- protected loans (protecting.py) ----
 
     def _want_protection(self):
         """Ask the protect thread for every live memory loan's protection; its generation."""
-        return self.protecting.want(
-            [(c.loan[1], c.units, self.policy.loan(c.loan[0]).size_bytes)
-             for c in self.conns.values() if c.loan is not None and c.units])
+        return self.protecting.want_live(self.conns.values(),
+                                         lambda loan_id: self.policy.loan(loan_id).size_bytes)
 
     def _protected(self, generation, result):
-        peers = {c.loan[1]: c.peer for c in self.conns.values() if c.loan is not None}
-        for conn, reply in self.protecting.done(generation, result, peers):
-            if not conn.closed:    # else its reservation went back to the pool (ended())
-                self.lending.release(conn)
-                self._send(conn, reply)
-
-    def _protection_of(self):
-        """protection(loan_id, kind): what status shows of each loan's protection."""
-        by_id = {c.loan[0]: c for c in self.conns.values() if c.loan is not None}
-
-        def protection(loan_id, kind):
-            conn = by_id.get(loan_id)
-            return self.protecting.status_of(conn and conn.loan[1], conn and conn.units, kind)
-        return protection
+        for conn, reply in self.protecting.answered(generation, result, self.conns.values()):
+            self.lending.release(conn)
+            self._send(conn, reply)
 
     def _note_limited(self, peer, message, kind=None):
         message = self.notes.note(peer.uid, time.monotonic(), message)
@@ -345,9 +333,8 @@ class Daemon:
         self._config_bad(None)
         self.store.keep_config(cfg)
         self.limits = cfg.limits
-        self.per_user.max_connections = cfg.limits["connections_per_user"]
-        self.per_user.rate = cfg.limits["borrows_per_second"]
-        self.per_user.burst = cfg.limits["borrow_burst"]
+        self.per_user.configure(cfg.limits["connections_per_user"],
+                                cfg.limits["borrows_per_second"], cfg.limits["borrow_burst"])
         self.metrics.reconfigure(cfg.textfile_dir)
         if hasattr(self.authorize, "configure"):
             self.authorize.configure(cfg.authorize["users"], cfg.authorize["groups"], cfg.source)

@@ -69,6 +69,12 @@ class Protecting:
         self.worker.want(self.generation, borrowers)
         return self.generation
 
+    def want_live(self, conns, size_of):
+        """want() for every live memory loan among conns (connection.Conn);
+        size_of(loan_id) is a loan's size in bytes."""
+        return self.want([(c.loan[1], c.units, size_of(c.loan[0]))
+                          for c in conns if c.loan is not None and c.units])
+
     def hold(self, generation, conn, reply):
         """conn hears reply once the protection of generation is done."""
         self.held.append((generation, conn, reply))
@@ -90,6 +96,22 @@ class Protecting:
         ready = [(conn, reply) for gen, conn, reply in self.held if gen <= generation]
         self.held = [entry for entry in self.held if entry[0] > generation]
         return ready
+
+    def answered(self, generation, result, conns):
+        """done() over the live connections: [(conn, reply)] free to hear now (a
+        borrower that hung up meanwhile is left out: its reservation went back)."""
+        peers = {c.loan[1]: c.peer for c in conns if c.loan is not None}
+        return [(conn, reply) for conn, reply in self.done(generation, result, peers)
+                if not conn.closed]
+
+    def status_by_loan(self, conns):
+        """protection(loan_id, kind): status_of() each loan, for policy.status_loans."""
+        by_id = {c.loan[0]: c for c in conns if c.loan is not None}
+
+        def protection(loan_id, kind):
+            conn = by_id.get(loan_id)
+            return self.status_of(conn and conn.loan[1], conn and conn.units, kind)
+        return protection
 
     def status_of(self, key, chain, kind):
         """The "protected_units" and "unprotected" a loan shows in `holdingpen status`."""

@@ -7,11 +7,21 @@ count of open connections per uid. The clock is passed in: tests drive it.
 
 class Limits:
     def __init__(self, connections_per_user, borrows_per_second, burst):
+        self.configure(connections_per_user, borrows_per_second, burst)
+        self.connections = {}      # uid -> open connections
+        self.buckets = {}          # uid -> (tokens, at)
+
+    @classmethod
+    def of(cls, limits):
+        """Limits from a configuration's [limits] table (config.Config.limits)."""
+        return cls(limits["connections_per_user"], limits["borrows_per_second"],
+                   limits["borrow_burst"])
+
+    def configure(self, connections_per_user, borrows_per_second, burst):
+        """New limits (a reload); what is open and spent stays counted."""
         self.max_connections = connections_per_user
         self.rate = borrows_per_second
         self.burst = burst
-        self.connections = {}      # uid -> open connections
-        self.buckets = {}          # uid -> (tokens, at)
 
     def connect(self, uid):
         """Count a new connection; False if uid already has the most it may."""
