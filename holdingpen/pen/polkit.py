@@ -9,6 +9,8 @@ by a trusted caller, so nothing a client says ever reaches the subject. Flags
 password prompt.
 """
 
+from holdingpen.pen.bus import SystemBus
+
 ACTION_ID = "org.holdingpen.borrow"
 _NO_POLKIT = {
     "org.freedesktop.DBus.Error.ServiceUnknown",      # polkitd not installed
@@ -47,8 +49,7 @@ class Polkit:
 
     def __init__(self, timeout_s=2.0, open_bus=None):
         self.timeout_s = timeout_s
-        self._open_bus = open_bus
-        self._conn = None
+        self.bus = SystemBus(open_bus, missing=lambda: Unavailable(NO_JEEPNEY))
 
     def allowed(self, pid, start_time, uid, action_id=ACTION_ID):
         """polkit's answer for the process (pid, start_time) of uid.
@@ -96,18 +97,8 @@ class Polkit:
             self.close()
 
     def _connection(self):
-        if self._conn is None:
-            if self._open_bus is not None:
-                self._conn = self._open_bus()
-            else:
-                self._conn = _jeepney().io.blocking.open_dbus_connection(bus="SYSTEM")
-        return self._conn
+        return self.bus.connection()
 
     def close(self):
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
-            self._conn = None
+        self.bus.close()
 

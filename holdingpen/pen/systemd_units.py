@@ -9,6 +9,8 @@ again after a failure; every call waits at most timeout_s, so a hung systemd
 costs a caller seconds, never forever.
 """
 
+from holdingpen.pen.bus import SystemBus
+
 _SYSTEMD = "org.freedesktop.systemd1"
 _INTERFACE = {"slice": "Slice", "scope": "Scope", "service": "Service"}
 _GONE = {"org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.LoadFailed"}
@@ -32,8 +34,7 @@ class SystemdUnits:
 
     def __init__(self, timeout_s=2.0, open_bus=None):
         self.timeout_s = timeout_s
-        self._open_bus = open_bus
-        self._conn = None
+        self.bus = SystemBus(open_bus)
 
     def get(self, unit, properties):
         """{property: value} of a loaded unit.
@@ -120,18 +121,7 @@ class SystemdUnits:
                     raise NoAnswer(f"cannot reach systemd on the system bus: {e}") from None
 
     def _connection(self):
-        if self._conn is None:
-            if self._open_bus is not None:
-                self._conn = self._open_bus()
-            else:
-                from jeepney.io.blocking import open_dbus_connection
-                self._conn = open_dbus_connection(bus="SYSTEM")
-        return self._conn
+        return self.bus.connection()
 
     def close(self):
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
-            self._conn = None
+        self.bus.close()
