@@ -87,10 +87,18 @@ def start_thrasher():
     return proc, time.monotonic() - started
 
 
-def stop(proc):
+def stop(proc, user=None):
+    """End proc's process group; with user, every process of theirs too (runuser
+    leaves the command it started running when it is itself killed)."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    if user is not None:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pkill", "-KILL", "-u", user]).returncode == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{user}'s processes outlived 30 s of SIGKILLs")
+            time.sleep(0.2)
 
 
 def run_program(wrapper):
@@ -110,7 +118,7 @@ def run_program(wrapper):
     try:
         out, err = proc.communicate(timeout=PROGRAM_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        stop(proc)
+        stop(proc, "alice")
         out, err = proc.communicate()
         result["timed_out"] = True
     lines = [json.loads(line) for line in (first + out).splitlines() if line.startswith("{")]
@@ -139,7 +147,7 @@ def run_scenario(name):
     finally:
         if thrasher is not None:
             result["thrasher_alive_at_end"] = thrasher.poll() is None
-            stop(thrasher)
+            stop(thrasher, "bob")
     result["oom_kills"] = vmstat("oom_kill") - oom_kills_before
     result["pages_swapped_out"] = vmstat("pswpout") - swap_out_before
     if holdingpen:
