@@ -92,7 +92,10 @@ class Observer(threading.Thread):
     def run(self):
         while not self.done.is_set():
             locks = proclocks.flocks_on(proclocks.read(), self.st)
-            holders = [lk for lk in locks if not lk.waiting]
+            # One entry, not two: /proc/locks comes a page per read(2), and a table that
+            # changes between reads can show a lock twice. Two identical exclusive
+            # entries are one lock: a second on another open file would conflict.
+            holders = list({(lk.write, lk.pid): lk for lk in locks if not lk.waiting}.values())
             if any(lk.write for lk in holders) and len(holders) > 1:
                 self.problems.append(f"exclusive holder beside others: {holders}")
             self.most_shared = max(self.most_shared, sum(not lk.write for lk in holders))
