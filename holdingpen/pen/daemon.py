@@ -120,7 +120,8 @@ class Daemon:
             self._refresh_commands(now)
             if not self.notifier.tell(now, self.policy, self.workers.failed_for_good()):
                 break             # run by hand, a worker died: exit, and say why
-            self.metrics.update(now, self.policy)
+            self.metrics.update(now, self.policy,
+                                lambda: self.protecting.status_by_loan(self.conns.values()))
             for key, mask in self.sel.select(self._timeout_s(now)):
                 key.data(key.fileobj, mask)
         self.notify("STOPPING=1")

@@ -47,19 +47,21 @@ class DaemonMetrics:
         """What the status reply adds: {"started", "counters"}."""
         return {"started": self.started_s, "counters": self.counters.as_dict()}
 
-    def update(self, now, policy):
+    def update(self, now, policy, protection=None):
         """Once per loop pass: the counts into the store if they changed, the
         file if due; at most every EVERY_S (with a thousand loans, it takes
-        milliseconds)."""
+        milliseconds). protection() gives policy.status_loans's protection
+        argument, asked for only when the file is written."""
         self.due = True            # what woke the loop may have changed them
         if now < self.write_at:
             return
         self.write_at, self.due = now + EVERY_S, False
         self._keep()
-        # Loans as root's status shows them; a loan's "protected", once loans are
-        # protected, is what metrics.py turns into holdingpen_loan_protected.
+        # Loans as root's status shows them; a loan's "protected" is what
+        # metrics.py turns into holdingpen_loan_protected.
+        loans = policy.status_loans(0, protection() if protection else None)
         self.file.update({"ready": policy.ready, "pools": policy.snapshots(),
-                          "loans": policy.status_loans(0), **self.status()}, now)
+                          "loans": loans, **self.status()}, now)
 
     def next_at(self, now):
         """When update() is next due (monotonic), or None: no file."""

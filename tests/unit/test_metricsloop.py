@@ -7,6 +7,7 @@ from holdingpen.pen import fdstore, metricsloop
 from holdingpen.pen.config import PoolSpec
 from holdingpen.pen.metricsfile import REFRESH_S
 from holdingpen.pen.policy import Policy
+from holdingpen.pen.pool import Loan
 
 EVERY_S = metricsloop.EVERY_S
 
@@ -82,3 +83,20 @@ def test_no_directory_no_file_and_no_wakeups(tmp_path):
     dm.update(1.0, Policy([PoolSpec("memory", 1024, 1)]))
     assert dm.next_at(1.0) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_file_says_whether_each_loan_is_protected(tmp_path):
+    dm, _, _ = made(tmp_path)
+    policy = Policy([PoolSpec("memory", 1024, 1)])
+    policy.reserved(policy.next_reservation(0.0).name, "memory#1", 1024)
+    policy.lend("memory", Loan(1000, "alice", 4242, "matlab", 1700000000.0))
+    asked = []
+
+    def protection():              # asked for only when the file is written
+        asked.append(True)
+        return lambda loan_id, kind: {"protected": True}
+    dm.update(100.0, policy, protection)
+    dm.update(100.0 + EVERY_S / 2, policy, protection)      # too soon: not asked
+    assert asked == [True]
+    text = (tmp_path / "holdingpen.prom").read_text()
+    assert 'holdingpen_loan_protected{kind="memory",user="alice",pid="4242"} 1' in text
