@@ -76,6 +76,9 @@ def arrange(machine_locks, live_tickets):
         already asking for the lock file itself in the kernel's order, then
         the rest of the queue in ticket order.
     """
+    # One row a lock, though the kernel may list it twice: /proc/locks comes a
+    # page per read(2), and a table that changes between reads can repeat a line.
+    machine_locks = list(dict.fromkeys(machine_locks))
     holder_pids = {pid for pid, _, waiting in machine_locks if not waiting}
     ticket_of = {pid: (seq, mode) for seq, mode, pid in live_tickets}
     queue = sorted(live_tickets)

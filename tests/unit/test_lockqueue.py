@@ -60,6 +60,8 @@ def test_blockers(queue, mine, expected):
 # (machine locks (pid, mode, waiting), live tickets (seq, mode, pid), expected rows)
 ARRANGE = [
     ([], [], []),
+    # a flock(1) holder /proc/locks listed twice (read a page at a time): one row
+    ([(20, X, False), (20, X, False)], [], [(20, X, HOLDING, None)]),
     # a perflock holder and a queued job
     ([(10, X, False)], [(1, X, 10), (2, S, 11)],
      [(10, X, HOLDING, 1), (11, S, WAITING, 2)]),
